@@ -1,0 +1,3 @@
+from k8s_sql.cli import main
+
+main()

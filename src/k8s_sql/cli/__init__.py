@@ -1,0 +1,48 @@
+"""The ``k8s-sql`` command line (Typer). One module per command or command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.markup import escape
+
+from k8s_sql import __version__
+from k8s_sql.cli import config as config_cmd
+from k8s_sql.cli import init as init_cmd
+from k8s_sql.cli.common import err_console
+from k8s_sql.errors import K8sSqlError
+
+app = typer.Typer(
+    name="k8s-sql",
+    help="Run vanilla kubeadm Kubernetes with its state in PostgreSQL instead of etcd.\n\n"
+    "k8s-sql prepares PostgreSQL with TLS and certificate authentication, writes a kubeadm configuration "
+    "whose external etcd is an etcd v3 API shim running beside kube-apiserver, and runs kubeadm init.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(init_cmd.app)
+app.add_typer(config_cmd.app)
+
+
+@app.command("version")
+def version() -> None:
+    """Print the version of k8s-sql."""
+    typer.echo(f"k8s-sql {__version__}")
+
+
+def main() -> None:
+    """Console entry point: exit 0 on success, 1 on a failure, 2 on a usage error.
+
+    Typer's standalone mode handles usage errors (exit 2); a :class:`K8sSqlError` from a
+    command is printed without a traceback and exits 1.
+    """
+    try:
+        app()
+    except K8sSqlError as e:
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,81 @@
+"""Options shared by several commands, and how they become a phase :class:`Context`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from k8s_sql import config as configmod
+from k8s_sql.config import Cluster
+from k8s_sql.host import DryRunHost, Host, LocalHost
+from k8s_sql.phases.base import Context
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", "-c", help="Path to a k8s-sql configuration file (apiVersion: k8s-sql.io/v1alpha1, kind: Cluster). "
+    "Flags override its values; every value has a default.", show_default=False)]
+DryRunOpt = Annotated[bool, typer.Option(
+    "--dry-run", help="Print what would be done, with a diff of every file that would be written; change nothing.")]
+NodeNameOpt = Annotated[Optional[str], typer.Option(
+    "--node-name", help="Name of this node in the cluster [default: the host name].", show_default=False)]
+AdvertiseOpt = Annotated[Optional[str], typer.Option(
+    "--apiserver-advertise-address", help="IP address the API server advertises "
+    "[default: the address of the default route].", show_default=False)]
+VersionOpt = Annotated[Optional[str], typer.Option(
+    "--kubernetes-version", help="Kubernetes version to install, e.g. v1.34.2.", show_default=False)]
+CriOpt = Annotated[Optional[str], typer.Option(
+    "--cri-socket", help="CRI socket, e.g. unix:///var/run/crio/crio.sock [default: found on the node].",
+    show_default=False)]
+PodSubnetOpt = Annotated[Optional[str], typer.Option(
+    "--pod-network-cidr", help="Pod subnet, as kubeadm's flag of the same name.", show_default=False)]
+ShimOpt = Annotated[Optional[str], typer.Option(
+    "--shim", help="Which etcd shim runs beside kube-apiserver: k8s-sql (ours) or kine (upstream Kine).",
+    show_default=False)]
+ShimImageOpt = Annotated[Optional[str], typer.Option(
+    "--shim-image", help="Image reference of the shim sidecar [default: built on the node by the shim phase].",
+    show_default=False)]
+PostgresUriOpt = Annotated[Optional[str], typer.Option(
+    "--postgres-uri", help="libpq URI of an existing PostgreSQL server; switches postgres.mode to external "
+    "(only verified, never configured).", show_default=False)]
+
+#: flag value -> dotted config field it overrides
+FLAG_FIELDS = {
+    "node_name": "node.name",
+    "advertise_address": "node.advertise_address",
+    "kubernetes_version": "kubernetes.version",
+    "cri_socket": "node.cri_socket",
+    "pod_subnet": "kubernetes.pod_subnet",
+    "shim": "shim.kind",
+    "shim_image": "shim.image",
+    "postgres_uri": "postgres.uri",
+}
+
+
+def load_config(path: Path | None, **flags) -> Cluster:
+    """Load the file (or defaults) and apply the flags that were given (not ``None``).
+
+    Raises:
+        ConfigError: as :func:`k8s_sql.config.load_file`, or a flag value is invalid.
+    """
+    cfg = configmod.load_file(str(path) if path else None)
+    for name, value in flags.items():
+        if value is None:
+            continue
+        configmod.set_value(cfg, FLAG_FIELDS[name], value)
+        if name == "postgres_uri":
+            cfg.postgres.mode = "external"
+    cfg.validate()
+    return cfg
+
+
+def make_context(cfg: Cluster, *, dry_run: bool = False, host: Host | None = None) -> Context:
+    """A phase context for ``host`` (default: this machine), wrapped for ``--dry-run``."""
+    host = host or LocalHost()
+    if dry_run:
+        host = DryRunHost(host)
+    return Context(host=host, config=cfg, console=console, dry_run=dry_run)
