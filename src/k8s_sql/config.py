@@ -81,6 +81,8 @@ class PostgresSpec:
     config_dir: str = ""
     #: Data directory; empty = from pg_lsclusters.
     data_dir: str = ""
+    #: Directory of the server's Unix socket, used for administration as the postgres OS user.
+    socket_dir: str = "/var/run/postgresql"
     host: str = "127.0.0.1"
     port: int = 5432
     database: str = "kubernetes"
@@ -101,6 +103,8 @@ class ShimSpec:
     port: int = 2379
     #: Port of the plain-HTTP health/metrics endpoint on loopback.
     metrics_port: int = 2381
+    #: Numeric uid/gid the sidecar runs as (non-root); its key files are owned by it.
+    run_as_user: int = 65532
     compaction_interval: str = "5m"
     watch_progress_notify_interval: str = "5s"
 

@@ -150,6 +150,15 @@ def _check(argv: list[str], res: Result, host: str) -> Result:
     return res
 
 
+def _uid(owner: str) -> int:
+    """A user name or a numeric uid (``"65532"``, for a container's user) -> uid."""
+    return int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
+
+
+def _gid(group: str) -> int:
+    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+
+
 class LocalHost(Host):
     """This machine. ``root`` (default ``/``) prefixes every file path, for tests that
     act on a scratch directory in place of the real root; commands are not affected."""
@@ -219,8 +228,8 @@ class LocalHost(Host):
         try:
             os.fchmod(fd, mode)
             if owner or group:
-                uid = pwd.getpwnam(owner).pw_uid if owner else -1
-                gid = grp.getgrnam(group).gr_gid if group else -1
+                uid = _uid(owner) if owner else -1
+                gid = _gid(group) if group else -1
                 os.fchown(fd, uid, gid)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
