@@ -10,6 +10,7 @@ from rich.markup import escape
 from k8s_sql import __version__
 from k8s_sql.cli import config as config_cmd
 from k8s_sql.cli import init as init_cmd
+from k8s_sql.cli import patch_manifest as patch_manifest_cmd
 from k8s_sql.cli.common import err_console
 from k8s_sql.errors import K8sSqlError
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(init_cmd.app)
 app.add_typer(config_cmd.app)
+app.add_typer(patch_manifest_cmd.app)
 
 
 @app.command("version")

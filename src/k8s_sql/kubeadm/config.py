@@ -1,0 +1,77 @@
+"""The kubeadm configuration file: an InitConfiguration and a ClusterConfiguration.
+
+Built from ``templates/kubeadm/<apiVersion>.yaml`` with values set in code (no text
+templating). Semantics: kubeadm configuration API, kubeadm.k8s.io/v1beta3 (kubeadm
+1.22–1.30) and v1beta4 (kubeadm >= 1.31). Both versions share every field used here
+(localAPIEndpoint, nodeRegistration.criSocket, patches.directory, networking,
+controlPlaneEndpoint, etcd.external); they differ elsewhere (v1beta4's extraArgs are
+lists of name/value pairs, it adds timeouts), which k8s-sql does not set.
+"""
+
+from __future__ import annotations
+
+from k8s_sql.config import Cluster
+from k8s_sql.errors import K8sSqlError
+from k8s_sql.kubeadm import files, yamlio
+from k8s_sql.resources import template_path
+
+#: The shim's client endpoint as kube-apiserver reaches it (loopback, hostNetwork pod).
+SHIM_ENDPOINT_HOST = "127.0.0.1"
+
+
+def api_version(kubernetes_version: str) -> str:
+    """``kubeadm.k8s.io/v1beta4`` for 1.31 and later, ``v1beta3`` for 1.22–1.30.
+
+    Raises:
+        K8sSqlError: older than 1.22 (only v1beta2 there, which k8s-sql does not write).
+    """
+    minor = int(kubernetes_version.lstrip("v").split(".")[1])
+    if minor >= 31:
+        return "kubeadm.k8s.io/v1beta4"
+    if minor >= 22:
+        return "kubeadm.k8s.io/v1beta3"
+    raise K8sSqlError(f"Kubernetes {kubernetes_version} is too old: k8s-sql supports 1.22 and later",
+                      hint="set kubernetes.version (or --kubernetes-version) to v1.22 or newer, e.g. v1.34.2")
+
+
+def shim_endpoint(cfg: Cluster) -> str:
+    """``https://127.0.0.1:<shim.port>``: the etcd server kube-apiserver talks to."""
+    return f"https://{SHIM_ENDPOINT_HOST}:{cfg.shim.port}"
+
+
+def render(cfg: Cluster, *, advertise_address: str, cri_socket: str) -> str:
+    """The kubeadm configuration (two YAML documents) for ``cfg``.
+
+    Args:
+        advertise_address: IP for InitConfiguration.localAPIEndpoint.advertiseAddress.
+        cri_socket: endpoint for nodeRegistration.criSocket (``unix:///...``).
+
+    Raises:
+        K8sSqlError: as :func:`api_version`.
+    """
+    version = api_version(cfg.kubernetes.version)
+    name = version.split("/")[1]
+    path = template_path("kubeadm", f"{name}.yaml")
+    init, cluster = yamlio.load_all(path.read_text(), str(path))
+
+    init["localAPIEndpoint"]["advertiseAddress"] = advertise_address
+    init["nodeRegistration"]["name"] = cfg.node.name
+    init["nodeRegistration"]["criSocket"] = cri_socket
+    init["patches"]["directory"] = cfg.paths.patches_dir
+
+    k = cfg.kubernetes
+    cluster["kubernetesVersion"] = k.version if k.version.startswith("v") else "v" + k.version
+    cluster["networking"]["podSubnet"] = k.pod_subnet
+    cluster["networking"]["serviceSubnet"] = k.service_subnet
+    if k.control_plane_endpoint:
+        cluster.insert(list(cluster).index("networking"), "controlPlaneEndpoint", k.control_plane_endpoint)
+    ext = cluster["etcd"]["external"]
+    ext["endpoints"] = [shim_endpoint(cfg)]
+    ext["caFile"] = files.pki(cfg.paths.pki_dir, files.CA_CERT)
+    ext["certFile"] = files.pki(cfg.paths.pki_dir, files.APISERVER_CLIENT_CERT)
+    ext["keyFile"] = files.pki(cfg.paths.pki_dir, files.APISERVER_CLIENT_KEY)
+    for doc in (init, cluster):
+        if doc["apiVersion"] != version:
+            raise K8sSqlError(f"template {path} has apiVersion {doc['apiVersion']}, expected {version}",
+                              hint="reinstall k8s-sql; its templates are damaged")
+    return yamlio.dump_all([init, cluster])

@@ -1,0 +1,80 @@
+"""Facts about the node that go into the kubeadm configuration: its CRI socket and
+the address the API server advertises."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+from k8s_sql.config import Cluster
+from k8s_sql.errors import K8sSqlError
+from k8s_sql.host import Host
+
+#: Default CRI endpoints, as kubeadm writes them (with the unix:// scheme).
+CRI_SOCKETS = {
+    "crio": "unix:///var/run/crio/crio.sock",
+    "containerd": "unix:///run/containerd/containerd.sock",
+}
+
+
+def cri_socket(host: Host, cfg: Cluster, *, dry_run: bool = False) -> tuple[str, str]:
+    """The CRI endpoint kubeadm should use, and a note on how it was chosen.
+
+    ``config.node.cri_socket`` wins; otherwise the first socket of :data:`CRI_SOCKETS`
+    present on the node (the configured runtime's first). In a dry run, where the
+    prereqs phase has not installed the runtime yet, it falls back to the configured
+    runtime's default.
+
+    Raises:
+        K8sSqlError: no socket found (not in a dry run).
+    """
+    if cfg.node.cri_socket:
+        sock = cfg.node.cri_socket
+        if "://" not in sock:  # kubeadm >= 1.24 wants the scheme; accept a bare path
+            sock = "unix://" + sock
+        return sock, "from node.criSocket"
+    runtime = cfg.kubernetes.container_runtime
+    order = [runtime] + [r for r in CRI_SOCKETS if r != runtime]
+    for name in order:
+        if host.exists(CRI_SOCKETS[name].removeprefix("unix://")):
+            return CRI_SOCKETS[name], f"found {name} on the node"
+    if dry_run:
+        return CRI_SOCKETS[runtime], f"no CRI socket yet; assuming {runtime}'s default (installed by prereqs)"
+    raise K8sSqlError(
+        "no container runtime socket found (looked for " + ", ".join(CRI_SOCKETS.values()) + ")",
+        where=host.name,
+        hint="run `k8s-sql init phase prereqs` to install the runtime, or set node.criSocket / --cri-socket",
+    )
+
+
+def advertise_address(host: Host, cfg: Cluster) -> tuple[str, str]:
+    """The API server's advertise address, and a note on how it was chosen.
+
+    ``config.node.advertise_address`` wins; otherwise the source address of the default
+    route, from ``ip -j route get 1.1.1.1`` (a route lookup: no packet is sent).
+
+    Raises:
+        K8sSqlError: the configured value is not an IP address, or there is no default route.
+    """
+    if cfg.node.advertise_address:
+        try:
+            ipaddress.ip_address(cfg.node.advertise_address)
+        except ValueError:
+            raise K8sSqlError(f"node.advertiseAddress {cfg.node.advertise_address!r} is not an IP address",
+                              hint="use the node's IPv4 or IPv6 address, e.g. 192.168.56.10") from None
+        return cfg.node.advertise_address, "from node.advertiseAddress"
+    res = host.run(["ip", "-j", "route", "get", "1.1.1.1"], check=False)
+    src = None
+    if res.ok:
+        try:
+            routes = json.loads(res.stdout or "[]")
+            src = routes[0].get("prefsrc") if routes else None
+        except (ValueError, AttributeError, IndexError):
+            src = None
+    if not src:
+        raise K8sSqlError(
+            "cannot find the node's address: there is no default route",
+            where=host.name,
+            hint="set node.advertiseAddress in the configuration or pass --apiserver-advertise-address",
+        )
+    return src, "source address of the default route"
