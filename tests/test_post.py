@@ -1,0 +1,135 @@
+"""The post phase: admin kubeconfig for the invoking user, single-node taint, health check.
+
+There is no API server here, so a stand-in ``kubectl`` (a small Python script first on
+PATH) answers from a JSON state file: the node's taints, ``/readyz`` and the kube-system
+pods; it records every call. File paths go through ``LocalHost(root=tmp)``, a scratch root."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from k8s_sql.config import Cluster
+from k8s_sql.errors import K8sSqlError
+from k8s_sql.host import DryRunHost, LocalHost
+from k8s_sql.phases.base import Context
+from k8s_sql.phases.post import Post
+from k8s_sql.phases.runner import run_phases
+
+STAND_IN = r'''#!{python}
+import json, os, sys
+state_file = os.environ["KUBECTL_STATE"]
+state = json.load(open(state_file))
+args = sys.argv[1:]
+state["calls"].append(args)
+assert args[0] == "--kubeconfig", args
+args = args[2:]
+rc = 0
+if args[:2] == ["get", "node"]:
+    print(json.dumps({{"metadata": {{"name": args[2]}}, "spec": {{"taints": state["taints"]}}}}))
+elif args[:2] == ["taint", "nodes"]:
+    key, effect = args[3].rstrip("-").split(":")
+    state["taints"] = [t for t in state["taints"] if (t["key"], t["effect"]) != (key, effect)]
+    print(f"node/{{args[2]}} untainted")
+elif args[:2] == ["get", "--raw"]:
+    print(state["readyz"])
+elif args[:2] == ["get", "pods"]:
+    print("\n".join(state["etcd_pods"]))
+else:
+    print("unexpected", args, file=sys.stderr); rc = 1
+json.dump(state, open(state_file, "w"))
+sys.exit(rc)
+'''
+
+TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+
+
+@pytest.fixture
+def node(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "etc/kubernetes").mkdir(parents=True)
+    (root / "etc/kubernetes/admin.conf").write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    kubectl = bindir / "kubectl"
+    kubectl.write_text(STAND_IN.format(python=sys.executable))
+    kubectl.chmod(kubectl.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"taints": [TAINT], "readyz": "ok", "etcd_pods": [], "calls": []}))
+    monkeypatch.setenv("KUBECTL_STATE", str(state))
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    cfg = Cluster()
+    cfg.node.name = "cp1"
+    return cfg, root, state
+
+
+def ctx(cfg, root, dry_run=False):
+    host = LocalHost(root=str(root))
+    return Context(host=DryRunHost(host) if dry_run else host, config=cfg, dry_run=dry_run)
+
+
+def test_root_kubeconfig_taint_and_rerun(node):
+    cfg, root, state = node
+    assert run_phases([Post()], ctx(cfg, root)) == 2
+    kc = root / "root/.kube/config"
+    assert kc.read_bytes() == (root / "etc/kubernetes/admin.conf").read_bytes()
+    assert oct(kc.stat().st_mode & 0o777) == "0o600" and kc.stat().st_uid == 0
+    s = json.loads(state.read_text())
+    assert s["taints"] == []
+    assert ["--kubeconfig", "/etc/kubernetes/admin.conf", "taint", "nodes", "cp1",
+            "node-role.kubernetes.io/control-plane:NoSchedule-"] in s["calls"]
+    # rerun: nothing to change, no second taint call
+    assert run_phases([Post()], ctx(cfg, root)) == 0
+    assert sum(c[2] == "taint" for c in json.loads(state.read_text())["calls"]) == 1
+
+
+def test_sudo_user_gets_own_kubeconfig(node, monkeypatch):
+    cfg, root, state = node
+    user = pwd.getpwnam("nobody")
+    monkeypatch.setenv("SUDO_USER", "nobody")
+    run_phases([Post()], ctx(cfg, root))
+    kc = root / user.pw_dir.lstrip("/") / ".kube/config"
+    assert kc.stat().st_uid == user.pw_uid and oct(kc.stat().st_mode & 0o777) == "0o600"
+
+
+def test_multi_node_keeps_taint(node):
+    cfg, root, state = node
+    cfg.kubernetes.single_node = False
+    assert run_phases([Post()], ctx(cfg, root)) == 1
+    assert json.loads(state.read_text())["taints"] == [TAINT]
+
+
+def test_dry_run_changes_nothing(node):
+    cfg, root, state = node
+    assert run_phases([Post()], ctx(cfg, root, dry_run=True)) == 2
+    assert not (root / "root/.kube/config").exists()
+    assert json.loads(state.read_text())["taints"] == [TAINT]
+
+
+def test_verify_failures(node):
+    cfg, root, state = node
+    s = json.loads(state.read_text())
+    s.update(readyz="[-]etcd failed: reason withheld", calls=[])
+    state.write_text(json.dumps(s))
+    with pytest.raises(K8sSqlError, match="not ready: .*etcd failed"):
+        run_phases([Post()], ctx(cfg, root))
+    s = json.loads(state.read_text())
+    s.update(readyz="ok", etcd_pods=["pod/etcd-cp1"])
+    state.write_text(json.dumps(s))
+    with pytest.raises(K8sSqlError, match="etcd pod"):
+        run_phases([Post()], ctx(cfg, root))
+
+
+def test_missing_admin_conf(node):
+    cfg, root, state = node
+    (root / "etc/kubernetes/admin.conf").unlink()
+    with pytest.raises(K8sSqlError, match="admin kubeconfig is missing") as e:
+        Post().plan(ctx(cfg, root))
+    assert "kubeadm-init" in e.value.hint
