@@ -11,7 +11,6 @@ import os
 import pwd
 import stat
 import sys
-from pathlib import Path
 
 import pytest
 

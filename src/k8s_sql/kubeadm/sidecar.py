@@ -16,7 +16,6 @@ the chosen shim (``shim.kind``):
 
 from __future__ import annotations
 
-import copy
 import posixpath
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -175,8 +174,3 @@ def patch_text(cfg: Cluster) -> str:
     head = ("# Written by k8s-sql: adds the etcd shim sidecar to the kube-apiserver static pod.\n"
             "# kubeadm applies it (init, upgrade) when it writes the manifest.\n")
     return head + yamlio.dump(patch(cfg))
-
-
-def copy_of(node):
-    """A deep copy of a ruamel node (so one builder result can be inserted twice)."""
-    return copy.deepcopy(node)
