@@ -113,6 +113,7 @@ def test_kine_flags_and_tcp_probes():
         "--key-file": f"{PKI}/shim-postgres-client.key",
         "--server-cert-file": f"{PKI}/shim-server.crt",
         "--server-key-file": f"{PKI}/shim-server.key",
+        "--trusted-ca-file": f"{PKI}/ca.crt",
         "--metrics-bind-address": "127.0.0.1:2381",
         "--watch-progress-notify-interval": "5s",
         "--compact-interval": "5m",

@@ -8,10 +8,12 @@ the chosen shim (``shim.kind``):
 * ``k8s-sql``: our shim, with etcd's flag names (``--listen-client-urls``, ``--cert-file``,
   ``--trusted-ca-file``, ``--client-cert-auth``...) and HTTP ``/health`` on the loopback
   metrics address.
-* ``kine``: upstream Kine (k3s-io/kine), with its own flag names. Kine has no HTTP health
-  endpoint of its own, and its metrics listener takes the server TLS settings (unless
-  ``--metrics-ignore-tls-config``, missing in older releases), so its probes are
-  ``tcpSocket`` on its client port.
+* ``kine``: upstream Kine (k3s-io/kine), with its own flag names. ``--trusted-ca-file``
+  (client-certificate auth on its etcd endpoint) exists only in recent Kine releases;
+  older ones refuse it as an unknown flag, so ``shim.kineImage`` must be such a release.
+  Kine has no HTTP health endpoint, and its metrics listener takes the server TLS
+  settings (client certificates included) unless ``--metrics-ignore-tls-config``, so an
+  HTTP probe cannot reach it: its probes are ``tcpSocket`` on its client port.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def command_line(cfg: Cluster) -> tuple[list[str] | None, list[str]]:
             f"--key-file={files.pki(pki, files.SHIM_PG_CLIENT_KEY)}",
             f"--server-cert-file={files.pki(pki, files.SHIM_SERVER_CERT)}",
             f"--server-key-file={files.pki(pki, files.SHIM_SERVER_KEY)}",
+            f"--trusted-ca-file={files.pki(pki, files.CA_CERT)}",
             f"--metrics-bind-address={SHIM_ENDPOINT_HOST}:{s.metrics_port}",
             f"--watch-progress-notify-interval={s.watch_progress_notify_interval}",
             f"--compact-interval={s.compaction_interval}",
