@@ -142,3 +142,13 @@ def test_missing_config_and_foreign_manifest(node):
     with pytest.raises(K8sSqlError, match="does not run the configured etcd shim") as e:
         KubeadmInit().plan(Context(host=LocalHost(), config=cfg))
     assert "patch-manifest" in e.value.hint and calls(tmp) == []
+
+
+def test_interrupted_init_is_reported(node):
+    """A manifest with the shim but no admin.conf: kubeadm stopped half-way."""
+    cfg, tmp = node
+    run_phases([KubeadmConfig(), KubeadmInit()], Context(host=LocalHost(), config=cfg))
+    os.remove(cfg.paths.kubeconfig)
+    with pytest.raises(K8sSqlError, match="admin kubeconfig is missing") as e:
+        KubeadmInit().plan(Context(host=LocalHost(), config=cfg))
+    assert "kubeadm reset" in e.value.hint and len(calls(tmp)) == 1

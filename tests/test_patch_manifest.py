@@ -140,6 +140,14 @@ def test_schema_violation_is_refused(node):
     assert target.read_text() == broken
 
 
+def test_binary_file_is_refused(node):
+    target = node / "etc/kubernetes/manifests/kube-apiserver.yaml"
+    target.write_bytes(b"\xff\xfe\x00binary")
+    res = cli(node)
+    assert res.returncode == 1 and "not a text file" in res.stderr
+    assert target.read_bytes() == b"\xff\xfe\x00binary"
+
+
 def test_missing_manifest(node):
     res = cli(node)
     assert res.returncode == 1 and "does not exist" in res.stderr and "--manifest" in res.stderr

@@ -39,7 +39,11 @@ def patch_manifest(host: Host, cfg, path: str, *, dry_run: bool = False) -> str:
         K8sSqlError: missing file, invalid YAML, not the kube-apiserver Pod, schema errors,
             an unwritable directory.
     """
-    old = host.read_text(path)
+    try:
+        old = host.read_text(path)
+    except UnicodeDecodeError:
+        raise K8sSqlError("the manifest is not a text file", where=path,
+                          hint="pass the kube-apiserver static pod with --manifest") from None
     if old is None:
         raise K8sSqlError("the manifest does not exist", where=path,
                           hint="pass the kube-apiserver static pod with --manifest")

@@ -53,8 +53,12 @@ class KubeadmInit(Phase):
         host, cfg = ctx.host, ctx.config
         text = host.read_text(apiserver_manifest(ctx))
         if text is not None:
-            if manifest.is_patched(text, cfg) and host.exists(cfg.paths.kubeconfig):
-                return []
+            if manifest.is_patched(text, cfg):
+                if host.exists(cfg.paths.kubeconfig):
+                    return []
+                raise K8sSqlError("kube-apiserver.yaml runs the shim but the admin kubeconfig is missing "
+                                  "(an interrupted kubeadm init?)", where=cfg.paths.kubeconfig,
+                                  hint="run `kubeadm reset`, then `k8s-sql init` again")
             raise K8sSqlError(
                 "this node already has a kube-apiserver manifest that does not run the configured etcd shim",
                 where=apiserver_manifest(ctx),
