@@ -144,3 +144,43 @@ def test_running_shim_serves_etcd_json(shim):
     assert status == 200
     assert "etcd_debugging_mvcc_current_revision" in body
     assert "etcd_mvcc_db_total_size_in_bytes" in body
+
+
+async def test_grpc_health_follows_postgres(own_pg):
+    """grpc.health.v1 over a real grpc.aio server, set by :func:`grpc_health_loop`."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from k8s_sql.shim.http import grpc_health_loop
+
+    dsn = own_pg.superuser_dsn()
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    loop_task = asyncio.create_task(grpc_health_loop(SqlBackend(dsn), servicer, interval=0.1))
+
+    async def status_becomes(want) -> bool:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            for _ in range(200):
+                try:
+                    if (await stub.Check(health_pb2.HealthCheckRequest(service=""))).status == want:
+                        return True
+                except grpc.aio.AioRpcError:
+                    pass  # NOT_FOUND until the first probe
+                await asyncio.sleep(0.05)
+        return False
+
+    try:
+        assert await status_becomes(health_pb2.HealthCheckResponse.SERVING)
+        own_pg.stop()
+        assert await status_becomes(health_pb2.HealthCheckResponse.NOT_SERVING)
+        own_pg.start()
+        assert await status_becomes(health_pb2.HealthCheckResponse.SERVING)
+    finally:
+        loop_task.cancel()
+        await server.stop(None)
+        if not own_pg.is_running():
+            own_pg.start()
