@@ -265,3 +265,20 @@ def test_client_without_certificate_is_refused(ctl, prefix):
     res = ctl.run("put", prefix + "nocert", "1", cert=False, check=False)
     assert res.returncode != 0
     assert ctl.run("get", prefix + "nocert").stdout == ""
+
+
+def test_maintenance_and_membership_of_a_single_member(ctl):
+    assert ctl.run("alarm", "list").stdout == ""
+    assert ctl.run("alarm", "disarm").stdout == ""
+    assert ctl.run("defrag").stdout.strip() == f"Finished defragmenting etcd member[{ctl.endpoint}]"
+    me = "%x" % ctl.json("member", "list")["members"][0]["ID"]
+    assert ctl.run("move-leader", me).stdout.strip() == f"Leadership transferred from {me} to {me}"
+    for args, message in [
+        (("move-leader", "1234"), "etcdserver: bad leader transferee"),
+        (("member", "remove", "1234"), "etcdserver: member not found"),
+        (("member", "promote", "1234"), "etcdserver: member not found"),
+        (("member", "promote", me), "etcdserver: can only promote a learner member"),
+        (("member", "update", "1234", "--peer-urls=http://127.0.0.1:1"), "etcdserver: member not found"),
+    ]:
+        res = ctl.run(*args, check=False)
+        assert res.returncode != 0 and res.stderr.rstrip().endswith(f"Error: {message}"), (args, res.stderr[-300:])
