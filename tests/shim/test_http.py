@@ -184,3 +184,40 @@ async def test_grpc_health_follows_postgres(own_pg):
         await server.stop(None)
         if not own_pg.is_running():
             own_pg.start()
+
+
+async def test_metrics_interceptor_counts_calls_by_code():
+    """A real grpc.aio server with the interceptor; calls from a real client."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from prometheus_client import generate_latest
+
+    from k8s_sql.shim import metrics
+
+    server = grpc.aio.server(interceptors=[metrics.interceptor()])
+    servicer = health.aio.HealthServicer()
+    await servicer.set("ok", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+
+    def count(method: str, code: str) -> float:
+        v = metrics.REGISTRY.get_sample_value("grpc_server_handled_total", {
+            "grpc_type": "unary", "grpc_service": "grpc.health.v1.Health", "grpc_method": method, "grpc_code": code})
+        return v or 0.0
+
+    ok0, nf0 = count("Check", "OK"), count("Check", "NOT_FOUND")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            assert (await stub.Check(health_pb2.HealthCheckRequest(service="ok"))).status == 1
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Check(health_pb2.HealthCheckRequest(service="missing"))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await server.stop(None)
+    assert count("Check", "OK") == ok0 + 1
+    assert count("Check", "NOT_FOUND") == nf0 + 1
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert 'grpc_server_handling_seconds_count{grpc_method="Check",grpc_service="grpc.health.v1.Health",' \
+           'grpc_type="unary"}' in text

@@ -13,6 +13,10 @@ shims in one test process do not collide and ``/metrics`` shows only the shim's 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -81,3 +85,90 @@ async def refresh_from_backend(backend) -> None:
         DATASTORE_UP.set(0)
         return
     DATASTORE_UP.set(1)
+
+
+def interceptor():
+    """A ``grpc.aio.ServerInterceptor`` that records every call with :func:`observe_rpc`
+    (pass it in ``grpc.aio.server(interceptors=[...])``). Unary calls get a latency; streams
+    are counted when they end. The status code is ``OK``, the code an abort set, or
+    ``UNKNOWN`` for an unexpected exception (as gRPC itself reports it).
+    """
+    import grpc
+
+    def code_of(context, exc: BaseException | None) -> str:
+        code = context.code() if hasattr(context, "code") else None
+        if code is not None:
+            return code.name if isinstance(code, grpc.StatusCode) else str(code)
+        if exc is None:
+            return "OK"
+        if isinstance(exc, asyncio.CancelledError):
+            return "CANCELLED"
+        return "UNKNOWN"
+
+    def split(method: str) -> tuple[str, str]:
+        service, _, name = method.lstrip("/").partition("/")
+        return service, name
+
+    def wrap_unary(fn, service, name):
+        async def handler(request, context):
+            start, exc = time.perf_counter(), None
+            try:
+                return await fn(request, context)
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                observe_rpc(service, name, code_of(context, exc), time.perf_counter() - start)
+        return handler
+
+    def wrap_stream(fn, service, name, kind):
+        # grpc.aio stream handlers are either async generators or coroutines using
+        # context.write(); keep the same shape, the two APIs must not be mixed.
+        if inspect.isasyncgenfunction(fn):
+            async def gen_handler(request_or_iterator, context):
+                exc = None
+                try:
+                    async for item in fn(request_or_iterator, context):
+                        yield item
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    observe_rpc(service, name, code_of(context, exc), 0.0, kind)
+            return gen_handler
+
+        async def handler(request_or_iterator, context):
+            exc = None
+            try:
+                return await fn(request_or_iterator, context)
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                observe_rpc(service, name, code_of(context, exc), 0.0, kind)
+        return handler
+
+    class _Interceptor(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation, details):
+            handler = await continuation(details)
+            if handler is None:
+                return None
+            service, name = split(details.method)
+            if handler.unary_unary:
+                return grpc.unary_unary_rpc_method_handler(
+                    wrap_unary(handler.unary_unary, service, name),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+            if handler.stream_stream:
+                return grpc.stream_stream_rpc_method_handler(
+                    wrap_stream(handler.stream_stream, service, name, "bidi_stream"),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+            if handler.unary_stream:
+                return grpc.unary_stream_rpc_method_handler(
+                    wrap_stream(handler.unary_stream, service, name, "server_stream"),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+            return handler  # client streaming: etcd's API has none
+
+    return _Interceptor()
