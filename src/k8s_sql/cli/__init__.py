@@ -11,6 +11,7 @@ from k8s_sql import __version__
 from k8s_sql.cli import config as config_cmd
 from k8s_sql.cli import init as init_cmd
 from k8s_sql.cli import patch_manifest as patch_manifest_cmd
+from k8s_sql.cli import shim as shim_cmd
 from k8s_sql.cli.common import err_console
 from k8s_sql.errors import K8sSqlError
 
@@ -26,6 +27,7 @@ app = typer.Typer(
 app.add_typer(init_cmd.app)
 app.add_typer(config_cmd.app)
 app.add_typer(patch_manifest_cmd.app)
+app.add_typer(shim_cmd.app)
 
 
 @app.command("version")

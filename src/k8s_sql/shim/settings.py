@@ -67,7 +67,7 @@ class ShimSettings:
     def validate(self) -> None:
         """Raise K8sSqlError for settings that cannot work (e.g. https without cert/key)."""
         for url in self.listen_client_urls:
-            if not re.match(r"^(https?://[^/]+|unix://.+)$", url):
+            if not re.match(r"^(https?://[^/]+|unixs?://.+)$", url):
                 raise K8sSqlError(f"invalid client URL {url!r}", where="--listen-client-urls",
                                   hint="use https://IP:PORT, http://IP:PORT or unix:///path")
             if url.startswith("https://") and not (self.cert_file and self.key_file):

@@ -95,3 +95,111 @@ class Backend(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Round trip to the database; raises when it is unreachable."""
+
+
+# --- requests and results of the KV API (etcd API v3, rpc.proto), free of protobuf ---
+
+#: etcd's empty range end meaning "this key only"; b"\0" means "every key >= key".
+FROM_KEY = b"\0"
+
+
+@dataclass(slots=True)
+class RangeOp:
+    """etcd API v3 KV.Range. ``range_end`` b"" = one key, b"\\0" = every key >= ``key``;
+    ``revision`` 0 = current; sort_order/sort_target are RangeRequest's enum values."""
+
+    key: bytes
+    range_end: bytes = b""
+    limit: int = 0
+    revision: int = 0
+    keys_only: bool = False
+    count_only: bool = False
+    sort_order: int = 0
+    sort_target: int = 0
+    min_mod_revision: int = 0
+    max_mod_revision: int = 0
+    min_create_revision: int = 0
+    max_create_revision: int = 0
+
+
+@dataclass(slots=True)
+class RangeResult:
+    """etcd RangeResponse: header ``revision`` (the store revision), kvs, more, count."""
+
+    revision: int
+    kvs: list[KeyValue]
+    more: bool
+    count: int
+
+
+@dataclass(slots=True)
+class PutOp:
+    """etcd API v3 KV.Put."""
+
+    key: bytes
+    value: bytes = b""
+    lease: int = 0
+    prev_kv: bool = False
+    ignore_value: bool = False
+    ignore_lease: bool = False
+
+
+@dataclass(slots=True)
+class PutResult:
+    """etcd PutResponse: header ``revision`` and the previous kv when asked for."""
+
+    revision: int
+    prev_kv: KeyValue | None
+
+
+@dataclass(slots=True)
+class DeleteOp:
+    """etcd API v3 KV.DeleteRange (same range rules as :class:`RangeOp`)."""
+
+    key: bytes
+    range_end: bytes = b""
+    prev_kv: bool = False
+
+
+@dataclass(slots=True)
+class DeleteResult:
+    """etcd DeleteRangeResponse: header ``revision``, number deleted, deleted kvs when asked for."""
+
+    revision: int
+    deleted: int
+    prev_kvs: list[KeyValue]
+
+
+@dataclass(slots=True)
+class Compare:
+    """One etcd Compare: ``target`` and ``result`` are Compare's enum values; ``operand`` is
+    the target_union value, or None when the union holds another target (etcd then
+    compares with 0 / b"")."""
+
+    key: bytes
+    range_end: bytes
+    target: int
+    result: int
+    operand: int | bytes | None
+
+
+@dataclass(slots=True)
+class TxnOp:
+    """etcd API v3 KV.Txn: ops are RangeOp, PutOp, DeleteOp or nested TxnOp."""
+
+    compares: list[Compare]
+    success: list
+    failure: list
+
+
+@dataclass(slots=True)
+class TxnResult:
+    """etcd TxnResponse. ``revision`` is 0 for a nested txn (etcd leaves its header empty)."""
+
+    revision: int
+    succeeded: bool
+    responses: list
+
+
+class UnavailableError(StorageError):
+    """PostgreSQL could not be reached or failed mid-request (gRPC UNAVAILABLE)."""

@@ -1,0 +1,79 @@
+"""etcd's mvcc rules that need no database: range post-processing and txn compares.
+
+Sources: etcd 3.4 ``etcdserver/apply.go`` (Range: prune by min/max revisions, sort, then
+truncate to the limit; applyCompare/compareKV) as documented by etcd's API reference.
+"""
+
+from __future__ import annotations
+
+from k8s_sql.shim.storage.base import Compare, KeyValue, RangeOp
+
+# RangeRequest.SortOrder / SortTarget and Compare enums (rpc.proto)
+NONE, ASCEND, DESCEND = 0, 1, 2
+KEY, VERSION, CREATE, MOD, VALUE = 0, 1, 2, 3, 4
+C_EQUAL, C_GREATER, C_LESS, C_NOT_EQUAL = 0, 1, 2, 3
+CT_VERSION, CT_CREATE, CT_MOD, CT_VALUE, CT_LEASE = 0, 1, 2, 3, 4
+
+
+def needs_full_scan(op: RangeOp) -> bool:
+    """True when etcd reads the whole range before limiting (sorting or revision filters)."""
+    return bool(op.sort_order != NONE or op.min_mod_revision or op.max_mod_revision
+                or op.min_create_revision or op.max_create_revision)
+
+
+def finish_range(op: RangeOp, kvs: list[KeyValue]) -> tuple[list[KeyValue], bool]:
+    """Apply etcd's Range post-processing to key-ordered ``kvs``: drop kvs outside the
+    min/max mod/create revisions, sort (ascending by default when the target is not the
+    key), truncate to ``op.limit``. Returns (kvs, more)."""
+    if op.max_mod_revision:
+        kvs = [kv for kv in kvs if kv.mod_revision <= op.max_mod_revision]
+    if op.min_mod_revision:
+        kvs = [kv for kv in kvs if kv.mod_revision >= op.min_mod_revision]
+    if op.max_create_revision:
+        kvs = [kv for kv in kvs if kv.create_revision <= op.max_create_revision]
+    if op.min_create_revision:
+        kvs = [kv for kv in kvs if kv.create_revision >= op.min_create_revision]
+    order = op.sort_order
+    if op.sort_target != KEY and order == NONE:
+        order = ASCEND
+    if order != NONE:
+        attr = {KEY: "key", VERSION: "version", CREATE: "create_revision", MOD: "mod_revision",
+                VALUE: "value"}.get(op.sort_target, "key")
+        # stable, like the insertion sort etcd's sort.Sort uses on short slices
+        kvs = sorted(kvs, key=lambda kv: getattr(kv, attr), reverse=(order == DESCEND))
+    more = False
+    if op.limit > 0 and len(kvs) > op.limit:
+        kvs, more = kvs[:op.limit], True
+    return kvs, more
+
+
+def _cmp(a, b) -> int:
+    return (a > b) - (a < b)
+
+
+def compare_kv(c: Compare, kv: KeyValue | None) -> bool:
+    """etcd compareKV: compare one kv (None = the key does not exist: zero values)."""
+    operand = c.operand
+    if c.target == CT_VALUE:
+        result = _cmp(kv.value if kv else b"", operand if isinstance(operand, bytes) else b"")
+    else:
+        field = {CT_VERSION: "version", CT_CREATE: "create_revision", CT_MOD: "mod_revision",
+                 CT_LEASE: "lease"}[c.target]
+        result = _cmp(getattr(kv, field) if kv else 0, operand if isinstance(operand, int) else 0)
+    if c.result == C_EQUAL:
+        return result == 0
+    if c.result == C_NOT_EQUAL:
+        return result != 0
+    if c.result == C_GREATER:
+        return result > 0
+    if c.result == C_LESS:
+        return result < 0
+    return True
+
+
+def compare_range(c: Compare, kvs: list[KeyValue]) -> bool:
+    """etcd applyCompare: true when every kv in the compare's range satisfies it; an empty
+    range compares the zero kv, except that a VALUE compare on no key always fails."""
+    if not kvs:
+        return False if c.target == CT_VALUE else compare_kv(c, None)
+    return all(compare_kv(c, kv) for kv in kvs)

@@ -1,0 +1,284 @@
+"""The PostgreSQL backend: etcd's mvcc store and lessor on top of psycopg 3.
+
+Reads run as single statements on pooled autocommit connections (one snapshot, one round
+trip, retried once on a fresh connection after a dropped one); writes go through the
+group-commit :class:`~.writer.Writer`; watches through the :class:`~.watchhub.WatchHub`.
+The connection is one libpq conninfo/URI ("" = the PG* environment), so TLS to PostgreSQL is
+configured the libpq way (sslmode=verify-full, sslrootcert, sslcert, sslkey).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from k8s_sql.shim.storage import mvcc, queries
+from k8s_sql.shim.storage.apply import Applier, is_read_only
+from k8s_sql.shim.storage.base import (
+    Backend, CompactedError, DeleteOp, DeleteResult, FutureRevisionError, LeaseExistsError, LeaseNotFoundError,
+    PutOp, PutResult, RangeOp, RangeResult, StorageError, TxnOp, TxnResult, UnavailableError)
+from k8s_sql.shim.storage.schema import migrate
+from k8s_sql.shim.storage.watchhub import WatchHub
+from k8s_sql.shim.storage.writer import Writer
+
+log = logging.getLogger(__name__)
+
+#: etcd's largest lease TTL in seconds (lease.MaxLeaseTTL).
+MAX_LEASE_TTL = 9_000_000_000
+#: etcd's minimum lease TTL with default election settings: ceil(1.5 * 1000 ms * 1.5 / 1000).
+MIN_LEASE_TTL = 2
+
+
+def _unavailable(e: BaseException) -> UnavailableError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return UnavailableError(f"datastore unavailable: {first}")
+
+
+class PostgresBackend(Backend):
+    """etcd API v3 storage in PostgreSQL.
+
+    Args:
+        conninfo: libpq connection URI or key=value string ("" = PG* environment).
+        pool_size: most pooled connections for reads (the writer and watch catch-ups share it).
+        lease_check_interval: seconds between scans for expired leases.
+    Use ``await backend.open()`` before and ``await backend.close()`` after.
+    """
+
+    def __init__(self, conninfo: str = "", pool_size: int = 8, lease_check_interval: float = 0.5):
+        self.conninfo = conninfo
+        self.pool = AsyncConnectionPool(conninfo, min_size=2, max_size=max(pool_size, 3), open=False,
+                                        kwargs={"autocommit": True}, name="k8s-sql")
+        self.writer = Writer(self.pool, on_commit=self._committed)
+        self.hub = WatchHub(self.pool, conninfo)
+        self.lease_check_interval = lease_check_interval
+        self._tasks: list[asyncio.Task] = []
+
+    def _committed(self, revision: int) -> None:
+        self.hub.poke(revision)
+
+    async def open(self, timeout: float = 30.0) -> None:
+        """Connect, migrate the schema, start the writer, watch hub and lease expiry.
+
+        Raises UnavailableError when PostgreSQL cannot be reached within ``timeout`` seconds.
+        """
+        try:
+            await self.pool.open(wait=True, timeout=timeout)
+        except Exception as e:
+            await self.pool.close()
+            raise _unavailable(e) from e
+        async with self.pool.connection() as conn:
+            await migrate(conn)
+        self.writer.start()
+        await self.hub.start(await self.current_revision())
+        self._tasks.append(asyncio.get_running_loop().create_task(self._expire_leases(), name="k8s-sql-leases"))
+
+    async def close(self) -> None:
+        """Stop background tasks and close every connection."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.hub.close()
+        await self.writer.close()
+        await self.pool.close()
+
+    async def _read(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run ``fn(conn)`` on a pooled connection; retry once when the connection was dead
+        (reads are idempotent); raise UnavailableError otherwise."""
+        for attempt in (1, 2):
+            try:
+                async with self.pool.connection() as conn:
+                    return await fn(conn)
+            except StorageError:
+                raise
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                if attempt == 2:
+                    raise _unavailable(e) from e
+                continue  # the pool discards the broken connection on return
+            except (psycopg.Error, OSError) as e:
+                raise _unavailable(e) from e
+
+    async def _one(self, sql: str, params=None):
+        async def q(conn):
+            return await (await conn.execute(sql, params, prepare=True)).fetchone()
+        return await self._read(q)
+
+    # --- Backend read API (maintenance, health, metrics) ---
+
+    async def current_revision(self) -> int:
+        return (await self._one("SELECT revision FROM meta"))[0]
+
+    async def compact_revision(self) -> int:
+        return (await self._one("SELECT compact_revision FROM meta"))[0]
+
+    async def db_size_bytes(self) -> int:
+        row = await self._one("SELECT COALESCE(sum(pg_total_relation_size(c)), 0)::bigint FROM "
+                              "unnest(ARRAY['meta', 'log', 'kv', 'lease', 'schema_version']::regclass[]) c")
+        return int(row[0])
+
+    async def ping(self) -> None:
+        await self._one("SELECT 1")
+
+    async def stats(self) -> dict:
+        """Numbers for ``k8s-sql status``: keys, log rows (revisions kept), leases, revisions."""
+        row = await self._one("SELECT (SELECT count(*) FROM kv), (SELECT count(*) FROM log), "
+                              "(SELECT count(*) FROM lease), revision, compact_revision FROM meta")
+        return {"keys": row[0], "log_rows": row[1], "leases": row[2], "revision": row[3], "compact_revision": row[4]}
+
+    # --- KV ---
+
+    async def range(self, op: RangeOp) -> RangeResult:
+        """etcd API v3 KV.Range (linearizable: a read sees every write acknowledged before it).
+
+        Raises CompactedError, FutureRevisionError, UnavailableError.
+        """
+        historical = op.revision > 0
+        full = mvcc.needs_full_scan(op)
+        sql_limit = op.limit + 1 if op.limit > 0 and not full else 0
+        need_count = op.count_only or sql_limit > 0
+        sql = queries.range_with_meta(op.range_end, historical, op.keys_only, sql_limit, need_count,
+                                      rows=not op.count_only)
+        params = {"key": op.key, "end": op.range_end, "rev": op.revision}
+
+        async def q(conn):
+            return await (await conn.execute(sql, params, prepare=True)).fetchall()
+        rows = await self._read(q)
+        revision, compact, count = rows[0][0], rows[0][1], rows[0][2]
+        if historical:
+            if op.revision > revision:
+                raise FutureRevisionError()
+            if op.revision < compact:
+                raise CompactedError(compact)
+        if op.count_only:
+            return RangeResult(revision, [], False, count)
+        kvs = [queries.kv_from_row(r, 3) for r in rows if r[3] is not None]
+        if count is None:
+            count = len(kvs)
+        kvs, more = mvcc.finish_range(op, kvs)
+        return RangeResult(revision, kvs, more, count)
+
+    async def put(self, op: PutOp) -> PutResult:
+        """etcd API v3 KV.Put. Raises KeyNotFoundError, LeaseNotFoundError, UnavailableError."""
+        return await self.writer.submit(lambda a: a.put(op))
+
+    async def delete_range(self, op: DeleteOp) -> DeleteResult:
+        """etcd API v3 KV.DeleteRange. Raises UnavailableError."""
+        async def req(a: Applier):
+            res = await a.delete_range(op)
+            res.revision = a.view_revision
+            return res
+        return await self.writer.submit(req)
+
+    async def txn(self, op: TxnOp) -> TxnResult:
+        """etcd API v3 KV.Txn; read-only txns run in a REPEATABLE READ snapshot outside the
+        writer. Raises the StorageError of a failing check, or UnavailableError."""
+        if is_read_only(op):
+            async def q(conn):
+                async with conn.transaction():
+                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    rev, compact = await (await conn.execute("SELECT revision, compact_revision FROM meta")).fetchone()
+                    return await Applier(conn, rev, compact).txn(op)
+            return await self._read(q)
+        return await self.writer.submit(lambda a: a.txn(op))
+
+    async def compact(self, revision: int) -> int:
+        """etcd API v3 KV.Compact (physical). Returns the header revision.
+
+        Raises CompactedError, FutureRevisionError, UnavailableError.
+        """
+        async def req(a: Applier):
+            await a.compact(revision)
+            return a.begin
+        return await self.writer.submit(req)
+
+    # --- leases (etcd API v3 Lease) ---
+
+    async def lease_grant(self, ttl: int, lease_id: int = 0) -> tuple[int, int, int]:
+        """Grant a lease of ``ttl`` seconds (at least :data:`MIN_LEASE_TTL`); ``lease_id`` 0 =
+        choose one. Returns (id, ttl, header revision).
+
+        Raises LeaseExistsError, ValueError (ttl too large), UnavailableError.
+        """
+        if ttl > MAX_LEASE_TTL:
+            raise ValueError("too large lease TTL")
+        ttl = max(ttl, MIN_LEASE_TTL)
+        for _ in range(5):
+            lid = lease_id or random.randint(1, 2**63 - 1)
+            row = await self._one(
+                "WITH i AS (INSERT INTO lease (id, ttl, expires_at) VALUES (%(id)s, %(ttl)s, "
+                "clock_timestamp() + %(ttl)s * interval '1 second') ON CONFLICT (id) DO NOTHING RETURNING id) "
+                "SELECT (SELECT id FROM i), revision FROM meta", {"id": lid, "ttl": ttl})
+            if row[0] is not None:
+                return lid, ttl, row[1]
+            if lease_id:
+                raise LeaseExistsError()
+        raise UnavailableError("could not choose a free lease ID")
+
+    async def lease_revoke(self, lease_id: int) -> int:
+        """Revoke a lease and delete its keys at one revision. Returns the header revision.
+
+        Raises LeaseNotFoundError, UnavailableError.
+        """
+        async def req(a: Applier):
+            await a.revoke(lease_id)
+            return a.view_revision
+        return await self.writer.submit(req)
+
+    async def lease_keepalive(self, lease_id: int) -> tuple[int, int]:
+        """Renew a lease to its full TTL. Returns (ttl, header revision); ttl 0 = not found."""
+        row = await self._one(
+            "WITH u AS (UPDATE lease SET expires_at = clock_timestamp() + ttl * interval '1 second' "
+            "WHERE id = %(id)s AND expires_at > clock_timestamp() RETURNING ttl) "
+            "SELECT (SELECT ttl FROM u), revision FROM meta", {"id": lease_id})
+        return (row[0] or 0), row[1]
+
+    async def lease_time_to_live(self, lease_id: int, keys: bool) -> tuple[int, int, list[bytes], int]:
+        """Remaining seconds (truncated, -1 = not found), granted TTL, attached keys (if
+        asked, in key order) and the header revision."""
+        row = await self._one(
+            "SELECT l.ttl, floor(extract(epoch FROM l.expires_at - clock_timestamp()))::bigint, m.revision, "
+            "CASE WHEN %(keys)s THEN ARRAY(SELECT key FROM kv WHERE lease = %(id)s ORDER BY key) END "
+            "FROM meta m LEFT JOIN lease l ON l.id = %(id)s", {"id": lease_id, "keys": keys})
+        granted, remaining, revision, attached = row
+        if granted is None or remaining < 0:
+            return -1, 0, [], revision
+        return remaining, granted, [bytes(k) for k in (attached or [])], revision
+
+    async def leases(self) -> tuple[list[int], int]:
+        """IDs of all granted leases and the header revision (etcd Lease.LeaseLeases)."""
+        async def q(conn):
+            rows = await (await conn.execute(
+                "SELECT m.revision, l.id FROM meta m LEFT JOIN lease l ON l.expires_at > clock_timestamp() "
+                "ORDER BY l.id")).fetchall()
+            return rows
+        rows = await self._read(q)
+        return [r[1] for r in rows if r[1] is not None], rows[0][0]
+
+    async def _expire_leases(self) -> None:
+        """Revoke expired leases (with delete events for their keys). Safe with several shim
+        processes: the revoke re-checks expiry inside the writer's locked transaction."""
+        while True:
+            await asyncio.sleep(self.lease_check_interval)
+            try:
+                row_ids = await self._read(lambda conn: self._expired(conn))
+                for lid in row_ids:
+                    await self.writer.submit(lambda a, lid=lid: a.revoke(lid, only_expired=True))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("lease expiry pass failed: %s", e)
+
+    @staticmethod
+    async def _expired(conn) -> list[int]:
+        rows = await (await conn.execute(
+            "SELECT id FROM lease WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT 100")).fetchall()
+        return [r[0] for r in rows]

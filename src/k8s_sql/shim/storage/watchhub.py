@@ -1,0 +1,281 @@
+"""The watch hub: one tail of the ``log`` table per shim process, fanned out to watchers.
+
+Because every writer locks the revision counter, commit order equals revision order: a
+snapshot that contains revision N contains every revision below it. The hub therefore
+reads "every event after the last revision I dispatched" and can never skip one that
+commits later. It wakes on ``pg_notify`` from any shim process (LISTEN on its own
+connection), on a direct poke from this process's writer, and every ``poll_interval``
+seconds as a fallback; after a PostgreSQL restart it reconnects and continues from its
+position, so watchers lose nothing.
+
+A watcher starting at an older revision first catches up from the log (:meth:`catch_up`)
+while the hub buffers its live events; then the buffer is flushed and it is synced. If
+compaction overtakes a watcher, it is cancelled with the compact revision, as etcd does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+import psycopg
+
+from k8s_sql.shim.storage import queries
+from k8s_sql.shim.storage.base import CompactedError, Event, KeyValue
+from k8s_sql.shim.storage.writer import NOTIFY_CHANNEL
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000
+_MAX_SUB = 2**31 - 1
+_MAX_REV = 2**63 - 1
+
+
+class Watcher(Protocol):
+    """What the hub needs from a watcher (the gRPC layer implements it).
+
+    key/range_end: etcd's watch range (range_end b"" = one key, b"\\0" = from key);
+    start: first revision wanted; prev_kv; filters: set of WatchCreateRequest.FilterType.
+    """
+
+    key: bytes
+    range_end: bytes
+    start: int
+    prev_kv: bool
+    filters: set
+
+    def deliver(self, events: list[Event], revision: int) -> None:
+        """Queue events (ascending revision) for the client; ``revision`` = header revision."""
+
+    def compacted(self, compact_revision: int) -> None:
+        """The watcher fell behind compaction: cancel it with ``compact_revision``."""
+
+
+def in_range(key: bytes, start: bytes, range_end: bytes) -> bool:
+    """etcd's interval test for (key, range_end)."""
+    if not range_end:
+        return key == start
+    if range_end == b"\0":
+        return key >= start
+    return start <= key < range_end
+
+
+def select(w: Watcher, events: list[Event]) -> list[Event]:
+    """The events ``w`` wants: in its range, at or after its start revision, not filtered."""
+    out = []
+    for e in events:
+        if e.revision < w.start or not in_range(e.kv.key, w.key, w.range_end) or e.kind in w.filters:
+            continue
+        out.append(e if w.prev_kv or e.prev_kv is None else Event(e.revision, e.sub, e.kind, e.kv, None))
+    return out
+
+
+def event_from_row(row, offset: int = 2) -> Event:
+    """An :class:`Event` from :data:`queries.EVENT_COLUMNS` starting at ``row[offset]``."""
+    (rev, sub, deleted, key, value, create, version, lease,
+     pvalue, pcreate, pmod, pversion, plaese) = row[offset:offset + 13]
+    key = bytes(key)
+    if deleted:
+        kv = KeyValue(key, b"", 0, rev, 0, 0)
+    else:
+        kv = KeyValue(key, bytes(value), create, rev, version, lease)
+    prev = KeyValue(key, bytes(pvalue), pcreate, pmod, pversion, plaese) if pmod is not None else None
+    return Event(rev, sub, 1 if deleted else 0, kv, prev)
+
+
+class WatchHub:
+    """Tails the log and dispatches events to registered watchers.
+
+    Args:
+        pool: the backend's AsyncConnectionPool (for reads).
+        conninfo: libpq conninfo for the dedicated LISTEN connection.
+        poll_interval: seconds between fallback polls.
+    Attributes:
+        position: the last revision dispatched to every watcher.
+    """
+
+    def __init__(self, pool, conninfo: str, poll_interval: float = 1.0):
+        self.pool = pool
+        self.conninfo = conninfo
+        self.poll_interval = poll_interval
+        self.position = 0
+        self.watchers: set = set()
+        self._buffers: dict = {}  # watcher -> events held back while it catches up
+        self._wake = asyncio.Event()
+        self._advanced = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self, revision: int) -> None:
+        """Start tailing after ``revision`` (the store revision at start)."""
+        self.position = revision
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._listen(), name="k8s-sql-listen"),
+                       loop.create_task(self._tail(), name="k8s-sql-watch-hub")]
+
+    async def close(self) -> None:
+        """Stop the hub's tasks."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def poke(self, revision: int | None = None) -> None:
+        """Wake the tail now (called by this process's writer after a commit)."""
+        self._wake.set()
+
+    # --- registration ---
+
+    def add(self, w: Watcher) -> int:
+        """Register ``w``. Returns the hub position X: if ``w.start <= X`` the caller must
+        :meth:`catch_up` up to X and then call :meth:`synced`; later events are buffered."""
+        self.watchers.add(w)
+        if w.start <= self.position:
+            self._buffers[w] = []
+        return self.position
+
+    def remove(self, w: Watcher) -> None:
+        """Unregister ``w`` (cancel or stream end)."""
+        self.watchers.discard(w)
+        self._buffers.pop(w, None)
+
+    def synced(self, w: Watcher) -> None:
+        """End ``w``'s catch-up: deliver what was buffered meanwhile."""
+        held = self._buffers.pop(w, None)
+        if held and w in self.watchers:
+            w.deliver(held, held[-1].revision)
+
+    def is_synced(self, w: Watcher) -> bool:
+        """True when ``w`` receives live events directly (not catching up)."""
+        return w not in self._buffers
+
+    async def catch_up(self, w: Watcher, upto: int) -> None:
+        """Deliver ``w``'s events with revision in [w.start, upto] from the log, in pages.
+
+        Raises CompactedError when compaction removed part of that history (etcd cancels
+        such a watch with compact_revision), and psycopg errors when PostgreSQL is down.
+        """
+        after, after_sub = w.start - 1, _MAX_SUB
+        params = {"key": w.key, "end": w.range_end, "upto": upto}
+        sql = queries.events_after(w.range_end, w.prev_kv, PAGE)
+        while after < upto:
+            async with self.pool.connection() as conn:
+                rows = await (await conn.execute(sql, dict(params, after=after, after_sub=after_sub))).fetchall()
+            compact = rows[0][0]
+            if compact > after + 1:
+                raise CompactedError(compact)
+            events = [event_from_row(r) for r in rows if r[2] is not None]
+            wanted = select(w, events)
+            if wanted:
+                w.deliver(wanted, upto)
+            if len(events) < PAGE:
+                return
+            after, after_sub = events[-1].revision, events[-1].sub
+
+    async def wait_for(self, revision: int, timeout: float = 5.0) -> bool:
+        """Wait until every event up to ``revision`` has been dispatched. Returns False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.position < revision:
+            self._wake.set()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._advanced.clear()
+            try:
+                await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.1))
+            except asyncio.TimeoutError:
+                pass
+        return True
+
+    # --- tailing ---
+
+    async def _listen(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    delay = 0.2
+                    self._wake.set()  # catch up on whatever happened while we were away
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _tail(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._fetch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("watch hub cannot read the log (%s); retrying", e)
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def _fetch(self) -> None:
+        while True:
+            with_prev = any(w.prev_kv for w in self.watchers)
+            sql = queries.events_after(None, with_prev, PAGE)
+            params = {"after": self.position, "after_sub": _MAX_SUB, "upto": _MAX_REV}
+            async with self.pool.connection() as conn:
+                rows = await (await conn.execute(sql, params, prepare=True)).fetchall()
+            compact = rows[0][0]
+            if compact > self.position + 1:
+                self._overtaken(compact)
+                continue
+            events = [event_from_row(r) for r in rows if r[2] is not None]
+            if not events:
+                return
+            full = len(events) == PAGE
+            if full:
+                last = events[-1].revision
+                trimmed = [e for e in events if e.revision != last]
+                if trimmed:
+                    events = trimmed
+                else:  # one revision larger than a page: read all of it
+                    async with self.pool.connection() as conn:
+                        sql_all = queries.events_after(None, with_prev, 2**31 - 1)
+                        rows = await (await conn.execute(sql_all, dict(params, upto=last))).fetchall()
+                    events = [event_from_row(r) for r in rows if r[2] is not None]
+            self._dispatch(events)
+            if not full:
+                return
+
+    def _dispatch(self, events: list[Event]) -> None:
+        revision = events[-1].revision
+        for w in list(self.watchers):
+            wanted = select(w, events)
+            if not wanted:
+                continue
+            held = self._buffers.get(w)
+            if held is not None:
+                held.extend(wanted)
+            else:
+                w.deliver(wanted, revision)
+        self.position = revision
+        self._advanced.set()
+
+    def _overtaken(self, compact: int) -> None:
+        """Compaction passed the hub (e.g. it was disconnected): cancel watchers that needed
+        the lost history and continue from the compact revision."""
+        log.warning("compaction at %d overtook the watch hub at %d", compact, self.position)
+        for w in list(self.watchers):
+            if w.start < compact:
+                self.remove(w)
+                w.compacted(compact)
+        self.position = compact - 1
