@@ -34,6 +34,8 @@ def serve(
         "'postgresql://k8s_sql@127.0.0.1/kubernetes?sslmode=verify-full&sslrootcert=ca.crt&sslcert=c.crt&sslkey=c.key'. "
         "Empty: the libpq environment (PGHOST, PGDATABASE, PGSSLMODE, ...). Never put a password here: use "
         "certificate authentication or ~/.pgpass.")] = "",
+    datastore_timeout: Annotated[str, typer.Option(
+        "--datastore-timeout", help="How long to wait for PostgreSQL at start before exiting with status 1.")] = "30s",
     compaction_interval: Annotated[str, typer.Option(
         "--compaction-interval", help="Automatic compaction period keeping that much history, e.g. 5m; 0 = off "
         "(kube-apiserver compacts on its own every 5 minutes).")] = "0",
@@ -72,7 +74,7 @@ def serve(
     settings = ShimSettings(
         listen_client_urls=[u.strip() for u in listen_client_urls.split(",") if u.strip()],
         cert_file=cert_file, key_file=key_file, trusted_ca_file=trusted_ca_file, client_cert_auth=client_cert_auth,
-        datastore=datastore,
+        datastore=datastore, datastore_timeout=parse_duration(datastore_timeout, "--datastore-timeout"),
         compaction_interval=parse_duration(compaction_interval, "--compaction-interval"),
         watch_progress_notify_interval=parse_duration(watch_progress_notify_interval,
                                                       "--watch-progress-notify-interval"),

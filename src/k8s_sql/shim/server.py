@@ -94,7 +94,7 @@ class Shim:
         Raises UnavailableError (PostgreSQL unreachable) or K8sSqlError (listeners).
         """
         s = self.settings
-        await self.backend.open()
+        await self.backend.open(timeout=s.datastore_timeout)
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", MAX_RECV_BYTES),
                    ("grpc.so_reuseport", 1 if self.reuse_port else 0),
                    ("grpc.keepalive_permit_without_calls", 1),

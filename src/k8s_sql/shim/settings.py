@@ -42,6 +42,7 @@ class ShimSettings:
     cert_file/key_file/trusted_ca_file: server TLS; client_cert_auth requires client certs signed by
     trusted_ca_file (etcd's --client-cert-auth).
     datastore: one libpq connection URI; "" = the libpq environment (PGHOST, PGSSLMODE, ...).
+    datastore_timeout: seconds to wait for PostgreSQL at start before giving up.
     compaction_interval: seconds between automatic compactions, 0 = off.
     watch_progress_notify_interval: seconds between progress notifications (etcd default 10m; ours 5s).
     emulated_etcd_version: reported by Maintenance.Status and /version.
@@ -55,6 +56,7 @@ class ShimSettings:
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
     datastore: str = ""
+    datastore_timeout: float = 30.0
     compaction_interval: float = 0.0
     watch_progress_notify_interval: float = 5.0
     emulated_etcd_version: str = DEFAULT_ETCD_VERSION

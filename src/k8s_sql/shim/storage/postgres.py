@@ -71,6 +71,11 @@ class PostgresBackend(Backend):
             await self.pool.open(wait=True, timeout=timeout)
         except Exception as e:
             await self.pool.close()
+            try:  # the pool only says it timed out: ask libpq why
+                conn = await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=5)
+                await conn.close()
+            except Exception as why:
+                e = why
             raise _unavailable(e) from e
         async with self.pool.connection() as conn:
             await migrate(conn)
