@@ -4,13 +4,12 @@ kubeadm applies the shim patch itself when it writes the kube-apiserver manifest
 sidecar is there from the first start of the static pod and ``kubeadm init`` succeeds
 without ignoring its wait-for-control-plane step.
 
-``--ignore-preflight-errors=ExternalEtcdVersion``: kubeadm's ExternalEtcdVersion preflight
-check GETs ``<endpoint>/version`` with the client certificate and wants etcd's JSON with a
-supported ``etcdserver`` version. Our shim answers ``/version`` like etcd (an emulated 3.5.x),
-so for ``shim.kind: k8s-sql`` the check passes and nothing is ignored. Kine does not
-document an etcd-style HTTP ``/version`` on its client port, so with ``shim.kind: kine``
-(and only then) this one check is ignored; kubeadm releases without the check accept the
-unknown name.
+``--ignore-preflight-errors=ExternalEtcdVersion``: for an external etcd, kubeadm's preflight
+GETs ``<endpoint>/version`` with the client certificate and wants etcd's JSON. At that moment
+nothing can answer: the shim (ours or Kine) runs as a container of the kube-apiserver static
+pod, which kubeadm writes only after preflight. So this one check is always skipped, and
+only this one; every other preflight check still runs. (Our shim serves etcd's ``/version``
+on its metrics address once it runs; kubeadm releases without the check accept the name.)
 """
 
 from __future__ import annotations
@@ -24,10 +23,8 @@ from k8s_sql.phases.base import Action, Change, Context, Phase
 
 def kubeadm_argv(ctx: Context) -> list[str]:
     """The ``kubeadm init`` command line for ``ctx.config``."""
-    argv = ["kubeadm", "init", "--config", ctx.config.paths.kubeadm_config, "--upload-certs"]
-    if ctx.config.shim.kind == "kine":
-        argv.append("--ignore-preflight-errors=ExternalEtcdVersion")
-    return argv
+    return ["kubeadm", "init", "--config", ctx.config.paths.kubeadm_config, "--upload-certs",
+            "--ignore-preflight-errors=ExternalEtcdVersion"]
 
 
 def apiserver_manifest(ctx: Context) -> str:
