@@ -138,17 +138,17 @@ class Cluster:
         _choice("shim.kind", self.shim.kind, ("k8s-sql", "kine"))
         _choice("kubernetes.containerRuntime", self.kubernetes.container_runtime, ("crio", "containerd"))
         if not re.fullmatch(r"v?1\.\d+(\.\d+)?", self.kubernetes.version):
-            raise ConfigError(f"kubernetes.version {self.kubernetes.version!r} is not a Kubernetes version",
-                              hint="use a version like v1.34.2")
+            raise _invalid("kubernetes.version", f"kubernetes.version {self.kubernetes.version!r} is not a Kubernetes "
+                           "version", "use a version like v1.34.2")
         if self.postgres.mode == "external" and not self.postgres.uri:
-            raise ConfigError("postgres.mode is external but postgres.uri is empty",
-                              hint="set postgres.uri to a libpq URI, e.g. postgresql://db.example:5432/kubernetes")
+            raise _invalid("postgres.mode", "postgres.mode is external but postgres.uri is empty",
+                           "set postgres.uri to a libpq URI, e.g. postgresql://db.example:5432/kubernetes")
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.postgres.role):
-            raise ConfigError(f"postgres.role {self.postgres.role!r} is not a plain PostgreSQL identifier",
-                              hint="use lower-case letters, digits and _")
+            raise _invalid("postgres.role", f"postgres.role {self.postgres.role!r} is not a plain PostgreSQL "
+                           "identifier", "use lower-case letters, digits and _")
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.postgres.database):
-            raise ConfigError(f"postgres.database {self.postgres.database!r} is not a plain PostgreSQL identifier",
-                              hint="use lower-case letters, digits and _")
+            raise _invalid("postgres.database", f"postgres.database {self.postgres.database!r} is not a plain "
+                           "PostgreSQL identifier", "use lower-case letters, digits and _")
 
     @property
     def kubernetes_minor(self) -> int:
@@ -164,9 +164,28 @@ class Cluster:
         return self.shim.image or f"localhost/k8s-sql-shim:{__version__}"
 
 
+def _invalid(field_path: str, what: str, hint: str) -> ConfigError:
+    """A ConfigError about ``field_path`` (camelCase dotted); :func:`load` adds its line."""
+    err = ConfigError(what, hint=hint)
+    err.field = field_path
+    return err
+
+
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{name} is {value!r}", hint="allowed values: " + ", ".join(allowed))
+        raise _invalid(name, f"{name} is {value!r}", "allowed values: " + ", ".join(allowed))
+
+
+def _line_of(source: str, data: Any, field_path: str) -> str:
+    """``source:line`` of a dotted field in the parsed document, or ``source``."""
+    node, parts = data, field_path.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            return source
+        if i == len(parts) - 1:
+            return _where(source, node, part)
+        node = node[part]
+    return source
 
 
 def camel(name: str) -> str:
@@ -268,7 +287,7 @@ def load(text: str | None, source: str = "<config>") -> Cluster:
     try:
         cfg.validate()
     except ConfigError as e:
-        e.where = e.where or source
+        e.where = e.where or _line_of(source, data, getattr(e, "field", ""))
         raise
     return cfg
 

@@ -45,7 +45,7 @@ def run_phases(phases: list[Phase], ctx: Context) -> int:
     console = ctx.console
     total = 0
     for phase in phases:
-        console.print(f"[bold][{escape(phase.name)}][/bold] {escape(phase.title)}")
+        console.print(f"[bold]{escape('[' + phase.name + ']')}[/bold] {escape(phase.title)}")
         changes = phase.plan(ctx)
         if not changes:
             console.print("  [green]up to date[/green], nothing to do")
