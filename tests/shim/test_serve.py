@@ -98,3 +98,34 @@ def test_port_in_use_is_a_clear_error(pg):
         r = run_cli("--listen-client-urls", f"http://127.0.0.1:{busy}", "--metrics-addr", "",
                     "--datastore", pg.create_database("shim_busy"))
     assert r.returncode == 1 and f"cannot listen on http://127.0.0.1:{busy}" in r.stderr
+
+
+def test_workers_share_the_port_and_stop_together(pg):
+    """--workers 2: two processes listen on one port (SO_REUSEPORT) on one database; both
+    go away on SIGTERM."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "k8s_sql", "shim", "serve", "--listen-client-urls",
+                             f"http://127.0.0.1:{port}", "--metrics-addr", "", "--workers", "2",
+                             "--datastore", pg.create_database("shim_workers")],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        ready = 0
+        while ready < 2:
+            line = proc.stderr.readline()
+            assert line, "shim exited"
+            ready += "k8s-sql shim ready" in line
+        listeners = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        pids = {int(x.split("pid=")[1].split(",")[0]) for x in listeners.splitlines() if "pid=" in x}
+        assert len(pids) == 2 and proc.pid in pids
+        env = dict(os.environ, ETCDCTL_API="3")
+        ctl = [ETCDCTL, "--endpoints", f"http://127.0.0.1:{port}"]
+        for i in range(8):  # new connections: the kernel spreads them over both
+            assert subprocess.run(ctl + ["put", f"/wk/{i}", "v"], env=env, capture_output=True, text=True).stdout == "OK\n"
+        keys = subprocess.run(ctl + ["get", "/wk/", "--prefix", "--keys-only"], env=env, capture_output=True,
+                              text=True).stdout.split()
+        assert keys == [f"/wk/{i}" for i in range(8)]
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
