@@ -43,6 +43,18 @@ PostgresUriOpt = Annotated[Optional[str], typer.Option(
     "--postgres-uri", help="libpq URI of an existing PostgreSQL server; switches postgres.mode to external "
     "(only verified, never configured).", show_default=False)]
 
+SshHostOpt = Annotated[Optional[str], typer.Option(
+    "--host", help="Run on this machine over SSH instead of locally: user@address. A user other than root "
+    "needs passwordless sudo (sudo -n).", show_default=False)]
+SshKeyOpt = Annotated[Optional[Path], typer.Option(
+    "--ssh-key", help="Private key for --host; then only this key is tried [default: ssh-agent, ~/.ssh/id_*].",
+    show_default=False)]
+SshPortOpt = Annotated[Optional[int], typer.Option(
+    "--ssh-port", help="SSH port for --host [default: 22].", show_default=False, min=1, max=65535)]
+SshKnownHostsOpt = Annotated[Optional[Path], typer.Option(
+    "--ssh-known-hosts", help="known_hosts file that must hold the host key of --host "
+    "[default: ~/.ssh/known_hosts]; unknown host keys are rejected.", show_default=False)]
+
 #: flag value -> dotted config field it overrides
 FLAG_FIELDS = {
     "node_name": "node.name",
@@ -73,9 +85,42 @@ def load_config(path: Path | None, **flags) -> Cluster:
     return cfg
 
 
+def target_host(host: str | None = None, ssh_key: Path | None = None, ssh_port: int | None = None,
+                ssh_known_hosts: Path | None = None) -> Host:
+    """This machine, or with ``--host`` a connected :class:`~k8s_sql.remote.RemoteHost`.
+
+    Raises:
+        K8sSqlError: the SSH connection fails (see ``RemoteHost.connect``); SSH options
+            without --host.
+    """
+    if host is None:
+        if ssh_key or ssh_port or ssh_known_hosts:
+            raise typer.BadParameter("--ssh-key, --ssh-port and --ssh-known-hosts need --host", param_hint="--host")
+        return LocalHost()
+    from k8s_sql.remote import open_host
+
+    return open_host(host, port=ssh_port, key_file=str(ssh_key) if ssh_key else None,
+                     known_hosts=str(ssh_known_hosts) if ssh_known_hosts else None)
+
+
+def invoking_user(host: Host) -> str:
+    """The account the admin kubeconfig is for: the SSH login user of a remote host, else
+    the user who ran ``sudo k8s-sql`` (``SUDO_USER``); ``root`` otherwise."""
+    import os
+
+    user = getattr(host, "user", None) if getattr(host, "address", None) else os.environ.get("SUDO_USER", "")
+    return user if user and user != "root" else "root"
+
+
 def make_context(cfg: Cluster, *, dry_run: bool = False, host: Host | None = None) -> Context:
-    """A phase context for ``host`` (default: this machine), wrapped for ``--dry-run``."""
+    """A phase context for ``host`` (default: this machine), wrapped for ``--dry-run``.
+
+    ``facts["invoking_user"]``: see :func:`invoking_user`.
+    """
     host = host or LocalHost()
+    user = invoking_user(host)
     if dry_run:
         host = DryRunHost(host)
-    return Context(host=host, config=cfg, console=console, dry_run=dry_run)
+    ctx = Context(host=host, config=cfg, console=console, dry_run=dry_run)
+    ctx.facts["invoking_user"] = user
+    return ctx

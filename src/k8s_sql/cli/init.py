@@ -35,8 +35,12 @@ def init(
     shim: common.ShimOpt = None,
     shim_image: common.ShimImageOpt = None,
     postgres_uri: common.PostgresUriOpt = None,
+    host: common.SshHostOpt = None,
+    ssh_key: common.SshKeyOpt = None,
+    ssh_port: common.SshPortOpt = None,
+    ssh_known_hosts: common.SshKnownHostsOpt = None,
 ) -> None:
-    """Run every phase of init on this node."""
+    """Run every phase of init on this node (or on --host over SSH)."""
     if ctx.invoked_subcommand is not None:
         return
     cfg = common.load_config(config, node_name=node_name, advertise_address=advertise_address,
@@ -48,7 +52,8 @@ def init(
         raise typer.BadParameter(f"unknown phase(s) {', '.join(sorted(unknown))}; phases: {', '.join(PHASES)}",
                                  param_hint="--skip-phases")
     phases = [load_phase(name) for name in PHASES if name not in skipped]
-    run_phases(phases, common.make_context(cfg, dry_run=dry_run))
+    target = common.target_host(host, ssh_key, ssh_port, ssh_known_hosts)
+    run_phases(phases, common.make_context(cfg, dry_run=dry_run, host=target))
 
 
 @app.command("phase")
@@ -64,6 +69,15 @@ def phase(
     shim: common.ShimOpt = None,
     shim_image: common.ShimImageOpt = None,
     postgres_uri: common.PostgresUriOpt = None,
+    host: common.SshHostOpt = None,
+    ssh_key: common.SshKeyOpt = None,
+    ssh_port: common.SshPortOpt = None,
+    ssh_known_hosts: common.SshKnownHostsOpt = None,
+    root: Annotated[Optional[str], typer.Option(
+        "--root", help="prereqs only: act on a node's file tree under DIR instead of / (tests, image builds). "
+        "Files (os-release, /proc/swaps, fstab, sysctl and module files, apt sources, the dpkg status) are read "
+        "and written under DIR; commands that change the running system (modprobe, sysctl, swapoff, curl/gpg, "
+        "apt-get, apt-mark, systemctl) are listed but not run.", show_default=False)] = None,
 ) -> None:
     """Run one phase of init alone (idempotent; a second run changes nothing)."""
     if name not in PHASES:
@@ -71,4 +85,16 @@ def phase(
     cfg = common.load_config(config, node_name=node_name, advertise_address=advertise_address,
                              kubernetes_version=kubernetes_version, cri_socket=cri_socket, pod_subnet=pod_subnet,
                              shim=shim, shim_image=shim_image, postgres_uri=postgres_uri)
-    run_phases([load_phase(name)], common.make_context(cfg, dry_run=dry_run))
+    if root is not None:
+        if name != "prereqs":
+            raise typer.BadParameter("--root is supported by the prereqs phase only", param_hint="--root")
+        if host is not None:
+            raise typer.BadParameter("--root and --host exclude each other", param_hint="--root")
+        from k8s_sql.host import LocalHost
+
+        ctx = common.make_context(cfg, dry_run=dry_run, host=LocalHost(root=root))
+        ctx.facts["root"] = root
+    else:
+        target = common.target_host(host, ssh_key, ssh_port, ssh_known_hosts)
+        ctx = common.make_context(cfg, dry_run=dry_run, host=target)
+    run_phases([load_phase(name)], ctx)

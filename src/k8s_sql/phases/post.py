@@ -72,7 +72,7 @@ class Post(Phase):
                                   hint="run `k8s-sql init phase kubeadm-init` first")
             return [Action(f"copy {cfg.paths.kubeconfig} to the user's ~/.kube/config once kubeadm wrote it",
                            lambda c: None)]
-        user = invoking_user()
+        user = ctx.facts.get("invoking_user") or invoking_user()
         target = posixpath.join(home_of(ctx, user), ".kube", "config")
         changes: list[Change] = []
         write = file_change(host, target, admin, 0o600, owner=user)
