@@ -1,0 +1,316 @@
+"""Phase ``prereqs``: what kubeadm expects of a fresh Debian/Ubuntu node.
+
+- kernel modules ``overlay`` and ``br_netfilter``: loaded now, and listed in
+  ``/etc/modules-load.d/k8s-sql.conf`` for the next boot;
+- sysctls ``net.ipv4.ip_forward``, ``net.bridge.bridge-nf-call-iptables`` and
+  ``-ip6tables`` = 1 in ``/etc/sysctl.d/99-k8s-sql.conf``, applied now;
+- swap off now (``swapoff -a``) and for the next boot (swap lines of ``/etc/fstab``
+  commented out, the old fstab kept in ``paths.backupDir``);
+- packages from apt: kubeadm, kubelet and kubectl of ``kubernetes.version`` from the
+  community repository ``https://pkgs.k8s.io/core:/stable:/v1.<minor>/deb/`` (one per minor
+  version), held with ``apt-mark hold``; the container runtime: CRI-O of the same minor from
+  its community repository on download.opensuse.org (``isv:cri-o``), or the distribution's
+  containerd (``kubernetes.containerRuntime: containerd``, set to the systemd cgroup driver);
+  PostgreSQL from the distribution, or from apt.postgresql.org when ``postgres.version``
+  asks for another major. Each repository's key is fetched with curl into a file, converted
+  with ``gpg --dearmor`` into ``/etc/apt/keyrings/`` and named by ``signed-by=`` in its
+  sources line; nothing is piped into a shell.
+
+Packages installed at the wanted version are left alone (``dpkg-query``). With
+``k8s-sql init phase prereqs --root DIR`` the files are read and written under DIR
+(``DIR/etc/os-release``, ``DIR/proc/swaps``, ``DIR/var/lib/dpkg/status`` …) and the commands
+that change the running system are listed but not run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import re
+from dataclasses import dataclass
+
+from k8s_sql import osinfo
+from k8s_sql.errors import K8sSqlError
+from k8s_sql.phases.base import Action, Change, Context, Phase, WriteFile, file_change
+
+MODULES_FILE = "/etc/modules-load.d/k8s-sql.conf"
+SYSCTL_FILE = "/etc/sysctl.d/99-k8s-sql.conf"
+MODULES = ("overlay", "br_netfilter")
+SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+}
+KEYRINGS_DIR = "/etc/apt/keyrings"
+KUBE_PACKAGES = ("kubelet", "kubeadm", "kubectl")
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+# containerd 1.6/1.7 of the distributions: runc with the systemd cgroup driver, as kubelet's
+CONTAINERD_TOML = """\
+# written by k8s-sql: the kubelet uses the systemd cgroup driver, so runc must as well
+version = 2
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  SystemdCgroup = true
+"""
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+
+
+@dataclass(frozen=True)
+class AptRepo:
+    """One apt repository: where its key comes from and goes, and its sources line."""
+
+    name: str
+    key_url: str
+    keyring: str
+    list_file: str
+    uri: str
+    suite: str
+    components: str = ""
+
+    @property
+    def line(self) -> str:
+        """The one-line-style sources entry with ``signed-by=``."""
+        tail = f" {self.components}" if self.components else ""
+        return f"deb [signed-by={self.keyring}] {self.uri} {self.suite}{tail}"
+
+
+def kubernetes_repo(minor: int) -> AptRepo:
+    """pkgs.k8s.io, the community repository for Kubernetes 1.<minor> (flat repository ``/``)."""
+    base = f"https://pkgs.k8s.io/core:/stable:/v1.{minor}/deb/"
+    return AptRepo("kubernetes", base + "Release.key", f"{KEYRINGS_DIR}/kubernetes-apt-keyring.gpg",
+                   "/etc/apt/sources.list.d/kubernetes.list", base, "/")
+
+
+def crio_repo(minor: int) -> AptRepo:
+    """CRI-O 1.<minor> from its community repository (openSUSE Build Service, ``isv:cri-o``)."""
+    base = f"https://download.opensuse.org/repositories/isv:/cri-o:/stable:/v1.{minor}/deb/"
+    return AptRepo("cri-o", base + "Release.key", f"{KEYRINGS_DIR}/cri-o-apt-keyring.gpg",
+                   "/etc/apt/sources.list.d/cri-o.list", base, "/")
+
+
+def pgdg_repo(codename: str) -> AptRepo:
+    """The PostgreSQL project's repository apt.postgresql.org for a distribution codename."""
+    return AptRepo("apt.postgresql.org", "https://www.postgresql.org/media/keys/ACCC4CF8.asc",
+                   f"{KEYRINGS_DIR}/apt.postgresql.org.gpg", "/etc/apt/sources.list.d/pgdg.list",
+                   "https://apt.postgresql.org/pub/repos/apt", f"{codename}-pgdg", "main")
+
+
+def kube_version_pattern(version: str) -> str:
+    """``v1.34.2`` -> ``1.34.2-*`` (any package revision); ``v1.34`` -> ``1.34.*``."""
+    v = version.lstrip("v")
+    return f"{v}-*" if v.count(".") == 2 else f"{v}.*"
+
+
+def postgres_package(cfg, osi: osinfo.OsInfo) -> tuple[str, bool]:
+    """(package, needs apt.postgresql.org) for ``postgres.version`` on this release.
+
+    Raises:
+        K8sSqlError: the version is not a supported major (13-18).
+    """
+    want = cfg.postgres.version.strip()
+    if not want:
+        return "postgresql", False
+    if not re.fullmatch(r"\d+", want) or not 13 <= int(want) <= 18:
+        raise K8sSqlError(f"postgres.version {want!r} is not a supported PostgreSQL major version",
+                          hint="use 13 to 18, or leave it empty for the distribution's version")
+    return f"postgresql-{want}", int(want) != osi.default_postgres
+
+
+def wanted_packages(cfg, osi: osinfo.OsInfo) -> tuple[dict[str, str], list[AptRepo]]:
+    """Package name -> version pattern (fnmatch, also valid for ``apt-get install pkg=PATTERN``;
+    ``*`` = any), and the extra repositories they need."""
+    minor = cfg.kubernetes_minor
+    kube = kube_version_pattern(cfg.kubernetes.version)
+    packages = {name: kube for name in KUBE_PACKAGES}
+    repos = [kubernetes_repo(minor)]
+    if cfg.kubernetes.container_runtime == "crio":
+        packages["cri-o"] = f"1.{minor}.*"
+        repos.append(crio_repo(minor))
+    else:
+        packages["containerd"] = "*"
+    pg, pgdg = postgres_package(cfg, osi)
+    packages[pg] = "*"
+    if pgdg:
+        repos.append(pgdg_repo(osi.codename))
+    return packages, repos
+
+
+def installed_packages(ctx: Context, names: list[str]) -> dict[str, tuple[str, str]]:
+    """name -> (dpkg status abbreviation like ``ii``/``hi``, version) of installed packages
+    (``dpkg-query -W``); under ``--root`` from ``DIR/var/lib/dpkg``."""
+    argv = ["dpkg-query"]
+    root = ctx.facts.get("root")
+    if root:
+        admindir = posixpath.join(root, "var/lib/dpkg")
+        if ctx.host.read_bytes("/var/lib/dpkg/status") is None:
+            return {}
+        argv.append(f"--admindir={admindir}")
+    res = ctx.host.run([*argv, "-W", "-f=${Package}\\t${db:Status-Abbrev}\\t${Version}\\n", *names], check=False)
+    out: dict[str, tuple[str, str]] = {}
+    for line in res.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[1].strip()[1:2] == "i":
+            out[parts[0]] = (parts[1].strip(), parts[2])
+    return out
+
+
+def commands(description: str, argvs: list[list[str]], *, env: dict[str, str] | None = None,
+             detail: str = "") -> Action:
+    """An Action running ``argvs`` in order (output streamed); under ``--root`` it only says
+    that it was skipped, since it would change the running system, not DIR."""
+    shown = "\n".join(" ".join(a) for a in argvs)
+
+    def run(ctx: Context) -> None:
+        if ctx.facts.get("root"):
+            ctx.console.print(f"    skipped under --root: {shown}", markup=False, highlight=False)
+            return
+        for argv in argvs:
+            ctx.host.run(argv, env=env, stream=True, timeout=1800)
+
+    return Action(description, run, detail=(detail + "\n" if detail else "") + shown)
+
+
+def fstab_without_swap(text: str) -> str:
+    """``/etc/fstab`` with every active swap entry (type ``swap``) commented out."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        fields = line.split()
+        if fields and not fields[0].startswith("#") and len(fields) >= 3 and fields[2] == "swap":
+            line = "# disabled by k8s-sql (kubelet needs swap off): " + line
+        out.append(line)
+    return "".join(out)
+
+
+class Prereqs(Phase):
+    """Kernel modules, sysctls, swap, apt repositories and packages (see the module doc).
+
+    Raises (from plan):
+        K8sSqlError: unsupported OS release, unsupported ``postgres.version``.
+    Raises (from verify):
+        K8sSqlError: a module is not loaded, a sysctl is not 1, swap is still on, or a
+            package is not at the wanted version.
+    """
+
+    name = "prereqs"
+    title = "kernel modules, sysctls, swap, container runtime, kubeadm/kubelet/kubectl, PostgreSQL"
+
+    def plan(self, ctx: Context) -> list[Change]:
+        host, cfg = ctx.host, ctx.config
+        osi = osinfo.detect(host.read_text(osinfo.OS_RELEASE))
+        label = osi.pretty if osi.codename in osi.pretty else f"{osi.pretty} ({osi.codename})"
+        ctx.console.print(f"  {label}", markup=False, highlight=False)
+        changes: list[Change | None] = []
+
+        # kernel modules
+        modules_text = "# k8s-sql: needed by the container runtime and kube-proxy\n" + "\n".join(MODULES) + "\n"
+        changes.append(file_change(host, MODULES_FILE, modules_text.encode(), 0o644))
+        missing = [m for m in MODULES if not host.exists(f"/sys/module/{m}")]
+        if missing:
+            changes.append(commands(f"load kernel modules {', '.join(missing)}", [["modprobe", *missing]]))
+
+        # sysctls
+        sysctl_text = "# k8s-sql: packet forwarding and bridged traffic through iptables\n" + "".join(
+            f"{k} = {v}\n" for k, v in SYSCTLS.items())
+        sysctl_write = file_change(host, SYSCTL_FILE, sysctl_text.encode(), 0o644)
+        changes.append(sysctl_write)
+        current = {k: (host.read_text("/proc/sys/" + k.replace(".", "/")) or "").strip() for k in SYSCTLS}
+        wrong = [k for k, v in SYSCTLS.items() if current[k] != v]
+        if sysctl_write or wrong:
+            changes.append(commands(f"apply sysctls {', '.join(wrong or SYSCTLS)}", [["sysctl", "-p", SYSCTL_FILE]]))
+
+        # swap
+        swaps = (host.read_text("/proc/swaps") or "").strip().splitlines()[1:]
+        if swaps:
+            changes.append(commands(f"turn swap off now ({', '.join(s.split()[0] for s in swaps)})", [["swapoff", "-a"]]))
+        fstab = host.read_text("/etc/fstab")
+        if fstab is not None and fstab_without_swap(fstab) != fstab:
+            info = host.stat("/etc/fstab")
+            changes.append(WriteFile("/etc/fstab", fstab_without_swap(fstab).encode(), info.mode if info else 0o644,
+                                     backup=True, backup_dir=cfg.paths.backup_dir))
+
+        # apt repositories and packages
+        packages, repos = wanted_packages(cfg, osi)
+        installed = installed_packages(ctx, list(packages))
+        install = [f"{p}={v}" if v != "*" else p for p, v in packages.items()
+                   if p not in installed or not fnmatch.fnmatchcase(installed[p][1], v)]
+        fetch = [r for r in repos if not host.exists(r.keyring)]
+        sources = [file_change(host, r.list_file, (r.line + "\n").encode(), 0o644) for r in repos]
+        if fetch:
+            tools = [p for p in ("ca-certificates", "curl", "gpg") if p not in installed_packages(ctx, [p])]
+            if tools:
+                changes.append(commands(f"install {' '.join(tools)} (to fetch repository keys)",
+                                        [["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends",
+                                                                 *tools]], env=APT_ENV))
+        for r in fetch:
+            tmp = r.keyring + ".download"
+            changes.append(commands(
+                f"fetch the {r.name} repository key {r.key_url} into {r.keyring}",
+                [["install", "-d", "-m", "0755", KEYRINGS_DIR],
+                 ["curl", "-fsSL", "--proto", "=https", "-o", tmp, r.key_url],
+                 ["gpg", "--batch", "--yes", "--dearmor", "-o", r.keyring, tmp],
+                 ["chmod", "0644", r.keyring], ["rm", "-f", tmp]]))
+        changes.extend(sources)
+        if install:
+            changes.append(commands(
+                f"install {' '.join(install)}",
+                [["apt-get", "update"],
+                 ["apt-get", "install", "-y", "--no-install-recommends", "--allow-change-held-packages", *install]],
+                env=APT_ENV, detail="repositories: " + "; ".join(r.line for r in repos)))
+        unheld = [p for p in KUBE_PACKAGES if p in install or installed.get(p, ("",))[0][:1] != "h"]
+        if unheld:
+            changes.append(commands(f"hold {' '.join(unheld)} at their version", [["apt-mark", "hold", *unheld]]))
+
+        # container runtime configuration and services
+        service = "crio" if cfg.kubernetes.container_runtime == "crio" else "containerd"
+        if service == "containerd":
+            toml = file_change(host, CONTAINERD_CONFIG, CONTAINERD_TOML.encode(), 0o644)
+            if toml:
+                toml.backup, toml.backup_dir = True, cfg.paths.backup_dir
+                changes.append(toml)
+                if "containerd" not in [i.split("=")[0] for i in install]:
+                    changes.append(commands("restart containerd for the new configuration",
+                                            [["systemctl", "restart", "containerd"]]))
+        for unit, now in ((service, True), ("kubelet", False)):
+            if not self._enabled(ctx, unit, now):
+                argv = ["systemctl", "enable", *(["--now"] if now else []), unit]
+                changes.append(commands(f"enable {unit}" + (" and start it" if now else ""), [argv]))
+        return [c for c in changes if c is not None]
+
+    @staticmethod
+    def _enabled(ctx: Context, unit: str, active: bool) -> bool:
+        """Whether ``unit`` is enabled (and, if ``active``, running). Under ``--root``: its
+        multi-user.target.wants link exists."""
+        if ctx.facts.get("root"):
+            return ctx.host.exists(f"/etc/systemd/system/multi-user.target.wants/{unit}.service")
+        if ctx.host.which("systemctl") is None:
+            return False
+        if ctx.host.run(["systemctl", "is-enabled", "--quiet", unit], check=False).returncode != 0:
+            return False
+        return not active or ctx.host.run(["systemctl", "is-active", "--quiet", unit], check=False).ok
+
+    def verify(self, ctx: Context) -> None:
+        host, cfg = ctx.host, ctx.config
+        for path in (MODULES_FILE, SYSCTL_FILE):
+            if not host.exists(path):
+                raise K8sSqlError("the file was not written", where=path)
+        if ctx.facts.get("root"):
+            return  # the running system was not changed, by design
+        where = host.name
+        for m in MODULES:
+            if not host.exists(f"/sys/module/{m}"):
+                raise K8sSqlError(f"kernel module {m} is not loaded", where=where,
+                                  hint=f"run `modprobe {m}`; in a container, load it on the machine that runs it")
+        for k, v in SYSCTLS.items():
+            got = (host.read_text("/proc/sys/" + k.replace(".", "/")) or "").strip()
+            if got != v:
+                raise K8sSqlError(f"sysctl {k} is {got or 'missing'}, want {v}", where=where,
+                                  hint=f"run `sysctl -p {SYSCTL_FILE}` and look for a file in /etc/sysctl.d "
+                                  "that overrides it")
+        if (host.read_text("/proc/swaps") or "").strip().splitlines()[1:]:
+            raise K8sSqlError("swap is still on", where=where, hint="run `swapoff -a` and check /etc/fstab")
+        packages, _ = wanted_packages(cfg, osinfo.detect(host.read_text(osinfo.OS_RELEASE)))
+        installed = installed_packages(ctx, list(packages))
+        for p, v in packages.items():
+            if p not in installed or not fnmatch.fnmatchcase(installed[p][1], v):
+                raise K8sSqlError(f"package {p} is not installed at version {v}", where=where,
+                                  hint=f"see `apt-cache policy {p}`")

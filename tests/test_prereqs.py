@@ -1,0 +1,199 @@
+"""The prereqs phase against a scratch node tree (``k8s-sql init phase prereqs --root DIR``).
+
+The test writes the facts a node would have under DIR: ``etc/os-release`` of each supported
+release, ``proc/swaps``, ``etc/fstab``, ``proc/sys/...`` values, ``sys/module/<name>`` for
+loaded modules and a dpkg status file (read by the real ``dpkg-query --admindir``). The
+files the phase writes land under DIR; the commands that would change this machine
+(modprobe, sysctl, swapoff, curl/gpg, apt-get, apt-mark, systemctl) are planned, shown and,
+by design of --root, not run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from k8s_sql.cli import app
+
+OS_RELEASES = {
+    "debian-12": ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\n'
+                  'VERSION_CODENAME=bookworm\nID=debian\n', "bookworm", 15),
+    "debian-13": ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_ID="13"\nVERSION_CODENAME=trixie\n'
+                  'ID=debian\n', "trixie", 17),
+    "ubuntu-22.04": ('PRETTY_NAME="Ubuntu 22.04.5 LTS"\nNAME="Ubuntu"\nVERSION_ID="22.04"\n'
+                     'VERSION_CODENAME=jammy\nID=ubuntu\nID_LIKE=debian\n', "jammy", 14),
+    "ubuntu-24.04": ('PRETTY_NAME="Ubuntu 24.04.3 LTS"\nNAME="Ubuntu"\nVERSION_ID="24.04"\n'
+                     'VERSION_CODENAME=noble\nID=ubuntu\nID_LIKE=debian\n', "noble", 16),
+}
+FSTAB = ("# /etc/fstab\nUUID=1111 / ext4 errors=remount-ro 0 1\n"
+         "/swap.img none swap sw 0 0\n#/old.img none swap sw 0 0\n")
+K8S_KEYRING = "/etc/apt/keyrings/kubernetes-apt-keyring.gpg"
+CRIO_KEYRING = "/etc/apt/keyrings/cri-o-apt-keyring.gpg"
+PG_KEYRING = "/etc/apt/keyrings/apt.postgresql.org.gpg"
+
+runner = CliRunner()
+
+
+def node(tmp_path, release: str, *, swap: bool = True) -> str:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text(OS_RELEASES[release][0])
+    (root / "etc/fstab").write_text(FSTAB)
+    (root / "proc").mkdir()
+    (root / "proc/swaps").write_text("Filename\tType\tSize\tUsed\tPriority\n"
+                                     + ("/swap.img\tfile\t2097148\t0\t-2\n" if swap else ""))
+    for key in ("net/ipv4/ip_forward",):
+        (root / "proc/sys" / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / "proc/sys" / key).write_text("0\n")
+    return str(root)
+
+
+def config(tmp_path, body: str = "", kubernetes: str = "{version: v1.34.2}") -> str:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(f"apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\nkubernetes: {kubernetes}\n" + body)
+    return str(path)
+
+
+def prereqs(root: str, cfg: str, *extra: str):
+    r = runner.invoke(app, ["init", "phase", "prereqs", "--root", root, "-c", cfg, *extra],
+                      env={"COLUMNS": "300"})
+    return r
+
+
+@pytest.mark.parametrize("release", list(OS_RELEASES))
+def test_dry_run_shows_exact_sources_keys_and_packages(tmp_path, release):
+    root = node(tmp_path, release)
+    r = prereqs(root, config(tmp_path), "--dry-run")
+    assert r.exit_code == 0, r.output
+    out = r.output
+    codename = OS_RELEASES[release][1]
+    assert codename in out.splitlines()[1]
+    assert (f"+deb [signed-by={K8S_KEYRING}] https://pkgs.k8s.io/core:/stable:/v1.34/deb/ /") in out
+    assert (f"+deb [signed-by={CRIO_KEYRING}] "
+            "https://download.opensuse.org/repositories/isv:/cri-o:/stable:/v1.34/deb/ /") in out
+    assert "curl -fsSL --proto =https -o /etc/apt/keyrings/kubernetes-apt-keyring.gpg.download " \
+           "https://pkgs.k8s.io/core:/stable:/v1.34/deb/Release.key" in out
+    assert f"gpg --batch --yes --dearmor -o {K8S_KEYRING} {K8S_KEYRING}.download" in out
+    assert "https://download.opensuse.org/repositories/isv:/cri-o:/stable:/v1.34/deb/Release.key" in out
+    assert ("apt-get install -y --no-install-recommends --allow-change-held-packages "
+            "kubelet=1.34.2-* kubeadm=1.34.2-* kubectl=1.34.2-* cri-o=1.34.* postgresql") in out
+    assert "apt-mark hold kubelet kubeadm kubectl" in out
+    assert "modprobe overlay br_netfilter" in out and "swapoff -a" in out
+    assert f"sysctl -p /etc/sysctl.d/99-k8s-sql.conf" in out
+    assert "+# disabled by k8s-sql (kubelet needs swap off): /swap.img none swap sw 0 0" in out
+    assert "systemctl enable --now crio" in out and "systemctl enable kubelet" in out
+    assert "pgdg" not in out and "apt.postgresql.org" not in out
+    # nothing written
+    assert not os.path.exists(os.path.join(root, "etc/apt"))
+    assert open(os.path.join(root, "etc/fstab")).read() == FSTAB
+
+
+@pytest.mark.parametrize("release", ["debian-12", "ubuntu-24.04"])
+def test_newer_postgres_comes_from_apt_postgresql_org(tmp_path, release):
+    root = node(tmp_path, release)
+    codename, distro_pg = OS_RELEASES[release][1:]
+    r = prereqs(root, config(tmp_path, "postgres: {version: '18'}\n"), "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert (f"+deb [signed-by={PG_KEYRING}] https://apt.postgresql.org/pub/repos/apt {codename}-pgdg main") in r.output
+    assert "https://www.postgresql.org/media/keys/ACCC4CF8.asc" in r.output
+    assert " postgresql-18" in r.output
+    # the distribution's own major needs no extra repository
+    r = prereqs(root, config(tmp_path, f"postgres: {{version: '{distro_pg}'}}\n"), "--dry-run")
+    assert "pgdg" not in r.output and f" postgresql-{distro_pg}" in r.output
+
+
+def test_containerd_from_the_distribution_with_systemd_cgroups(tmp_path):
+    root = node(tmp_path, "debian-13")
+    r = prereqs(root, config(tmp_path, kubernetes="{version: v1.33, containerRuntime: containerd}"), "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "cri-o" not in r.output
+    assert "kubelet=1.33.* kubeadm=1.33.* kubectl=1.33.* containerd postgresql" in r.output
+    assert "+  SystemdCgroup = true" in r.output and "systemctl enable --now containerd" in r.output
+    assert "https://pkgs.k8s.io/core:/stable:/v1.33/deb/ /" in r.output
+
+
+def write_dpkg_status(root: str, packages: dict[str, tuple[str, str]]) -> None:
+    """A dpkg status database with ``name -> (Status, Version)``."""
+    d = os.path.join(root, "var/lib/dpkg")
+    os.makedirs(os.path.join(d, "info"), exist_ok=True)
+    os.makedirs(os.path.join(d, "updates"), exist_ok=True)
+    with open(os.path.join(d, "status"), "w") as f:
+        for name, (status, version) in packages.items():
+            f.write(f"Package: {name}\nStatus: {status}\nPriority: optional\nSection: admin\n"
+                    f"Maintainer: test <t@example.org>\nArchitecture: amd64\nVersion: {version}\n"
+                    f"Description: {name}\n\n")
+
+
+def settle(root: str) -> None:
+    """What the skipped commands would have left on a real node: modules loaded, sysctls
+    applied, swap off, keys fetched, services enabled."""
+    for m in ("overlay", "br_netfilter"):
+        os.makedirs(os.path.join(root, "sys/module", m), exist_ok=True)
+    for key in ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"):
+        p = os.path.join(root, "proc/sys", key)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        open(p, "w").write("1\n")
+    open(os.path.join(root, "proc/swaps"), "w").write("Filename\tType\tSize\tUsed\tPriority\n")
+    os.makedirs(os.path.join(root, "etc/apt/keyrings"), exist_ok=True)
+    for k in (K8S_KEYRING, CRIO_KEYRING):
+        open(os.path.join(root, k.lstrip("/")), "wb").write(b"\x99key")
+    wants = os.path.join(root, "etc/systemd/system/multi-user.target.wants")
+    os.makedirs(wants, exist_ok=True)
+    for unit in ("crio", "kubelet"):
+        open(os.path.join(wants, f"{unit}.service"), "w").write("")
+
+
+def test_apply_under_root_then_nothing_left_to_do(tmp_path):
+    root = node(tmp_path, "ubuntu-24.04")
+    cfg = config(tmp_path)
+    r = prereqs(root, cfg)
+    assert r.exit_code == 0, r.output
+    assert "skipped under --root: modprobe overlay br_netfilter" in r.output
+    assert open(os.path.join(root, "etc/modules-load.d/k8s-sql.conf")).read().splitlines()[1:] == [
+        "overlay", "br_netfilter"]
+    sysctl = open(os.path.join(root, "etc/sysctl.d/99-k8s-sql.conf")).read()
+    for line in ("net.ipv4.ip_forward = 1", "net.bridge.bridge-nf-call-iptables = 1",
+                 "net.bridge.bridge-nf-call-ip6tables = 1"):
+        assert line in sysctl.splitlines()
+    fstab = open(os.path.join(root, "etc/fstab")).read()
+    assert "\n/swap.img" not in fstab and "UUID=1111 / ext4" in fstab and "#/old.img none swap" in fstab
+    backups = os.listdir(os.path.join(root, "var/lib/k8s-sql/backup"))
+    assert len(backups) == 1 and backups[0].startswith("fstab.")
+    assert open(os.path.join(root, "var/lib/k8s-sql/backup", backups[0])).read() == FSTAB
+    assert open(os.path.join(root, "etc/apt/sources.list.d/kubernetes.list")).read() == (
+        f"deb [signed-by={K8S_KEYRING}] https://pkgs.k8s.io/core:/stable:/v1.34/deb/ /\n")
+
+    # a node where the commands ran and the packages are there: nothing to do
+    settle(root)
+    status = {"kubelet": ("hold ok installed", "1.34.2-1.1"), "kubeadm": ("hold ok installed", "1.34.2-1.1"),
+              "kubectl": ("hold ok installed", "1.34.2-1.1"), "cri-o": ("install ok installed", "1.34.1-1.1"),
+              "postgresql": ("install ok installed", "16+257build1"), "curl": ("install ok installed", "8.5.0")}
+    write_dpkg_status(root, status)
+    r = prereqs(root, cfg)
+    assert r.exit_code == 0, r.output
+    assert "up to date" in r.output, r.output
+
+    # an older kubeadm, not held: only it is upgraded, and the hold is put back
+    status["kubeadm"] = ("install ok installed", "1.33.5-1.1")
+    write_dpkg_status(root, status)
+    r = prereqs(root, cfg, "--dry-run")
+    assert "--allow-change-held-packages kubeadm=1.34.2-*\n" in r.output
+    assert "apt-mark hold kubeadm\n" in r.output
+    assert "apt-get update" in r.output and "modprobe" not in r.output and "curl -fsSL" not in r.output
+
+
+def test_unsupported_release_is_refused(tmp_path):
+    root = node(tmp_path, "debian-12")
+    open(os.path.join(root, "etc/os-release"), "w").write('PRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\n'
+                                                          'ID=debian\nVERSION_ID="11"\n')
+    r = prereqs(root, config(tmp_path), "--dry-run")
+    assert r.exit_code == 1
+    assert "Debian GNU/Linux 11 (bullseye) is not supported" in str(r.exception)
+    assert "Ubuntu 24.04" in str(r.exception)
+
+
+def test_root_is_for_prereqs_only(tmp_path):
+    r = runner.invoke(app, ["init", "phase", "pki", "--root", str(tmp_path), "--dry-run"])
+    assert r.exit_code == 2 and "prereqs phase only" in r.output
