@@ -11,7 +11,9 @@ from k8s_sql import __version__
 from k8s_sql.cli import config as config_cmd
 from k8s_sql.cli import init as init_cmd
 from k8s_sql.cli import patch_manifest as patch_manifest_cmd
+from k8s_sql.cli import reset as reset_cmd
 from k8s_sql.cli import shim as shim_cmd
+from k8s_sql.cli import status as status_cmd
 from k8s_sql.cli.common import err_console
 from k8s_sql.errors import K8sSqlError
 
@@ -28,6 +30,8 @@ app.add_typer(init_cmd.app)
 app.add_typer(config_cmd.app)
 app.add_typer(patch_manifest_cmd.app)
 app.add_typer(shim_cmd.app)
+app.add_typer(status_cmd.app)
+app.add_typer(reset_cmd.app)
 
 
 @app.command("version")

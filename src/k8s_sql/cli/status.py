@@ -1,0 +1,84 @@
+"""``k8s-sql status``: PostgreSQL, the shim, the API server, nodes and certificates in one table."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from k8s_sql import status as statusmod
+from k8s_sql.cli import common
+
+app = typer.Typer(name="status", help="Show the state of the node: PostgreSQL, the etcd shim, the API server, "
+                  "the nodes and certificate expiry. Parts that cannot be reached are shown as down.")
+
+
+def _mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1024 / 1024:.1f} MiB"
+
+
+def _state(up: bool) -> str:
+    return "[green]up[/green]" if up else "[red]down[/red]"
+
+
+def render(data: dict) -> Table:
+    """The rich table for ``collect()``'s dict."""
+    t = Table(title=f"k8s-sql status of {data['host']}", title_justify="left")
+    t.add_column("part")
+    t.add_column("state")
+    t.add_column("details", overflow="fold")
+    pg = data["postgres"]
+    if pg["up"]:
+        details = f"TLS {'on' if pg.get('tls') else '[red]off[/red]'}, database {pg['database']}"
+        if "database_bytes" in pg:
+            details += f" {_mb(pg['database_bytes'])}"
+        if "keys" in pg:
+            details += (f", {pg['keys']} keys, {pg['revisions_kept']} revisions kept "
+                        f"(revision {pg['revision']}, compacted at {pg['compact_revision']})")
+        if pg.get("reason"):
+            details += f"; {pg['reason']}"
+    else:
+        details = pg.get("reason", "")
+    t.add_row("PostgreSQL", _state(pg["up"]), details)
+    shim = data["shim"]
+    if shim["up"]:
+        details = f"{shim['endpoint']}, etcd API {shim.get('version') or '?'}"
+        if shim.get("revision") is not None:
+            details += f", revision {shim['revision']}, compacted at {shim.get('compact_revision')}"
+    else:
+        details = shim.get("reason", "")
+    t.add_row("etcd shim", _state(shim["up"]), details)
+    api = data["apiserver"]
+    t.add_row("API server", _state(api["up"]), "/readyz ok" if api["up"] else api.get("reason", ""))
+    for n in data["nodes"]:
+        t.add_row(f"node {n['name']}", "[green]Ready[/green]" if n["ready"] else "[red]NotReady[/red]",
+                  f"{', '.join(n['roles']) or 'worker'}, kubelet {n['version']}")
+    for c in data["certificates"]:
+        days = c["days_left"]
+        color = "red" if days < 0 else "yellow" if days < 30 else "green"
+        t.add_row(f"cert {c['path']}", f"[{color}]{days} days[/{color}]", f"expires {c['not_after']}")
+    return t
+
+
+@app.callback(invoke_without_command=True)
+def status(
+    config: common.ConfigOpt = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, or json for scripts.")] = "table",
+    host: common.SshHostOpt = None,
+    ssh_key: common.SshKeyOpt = None,
+    ssh_port: common.SshPortOpt = None,
+    ssh_known_hosts: common.SshKnownHostsOpt = None,
+) -> None:
+    """Show the state of this node (or of --host). Always exits 0 when it could look;
+    ``--output json`` gives the same data (sizes in bytes, counts of rows) for scripts."""
+    if output not in ("table", "json"):
+        raise typer.BadParameter("use table or json", param_hint="--output")
+    cfg = common.load_config(config)
+    target = common.target_host(host, ssh_key, ssh_port, ssh_known_hosts)
+    data = statusmod.collect(target, cfg)
+    if output == "json":
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        common.console.print(render(data))
