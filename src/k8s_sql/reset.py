@@ -20,13 +20,14 @@ from k8s_sql.status import psql
 
 CONF_D_FILE = "k8s-sql.conf"
 #: First and last line of the block the postgres phase adds to pg_hba.conf.
-_HBA_BEGIN = re.compile(r"^#.*\bk8s-sql\b.*\b(begin|start)\b", re.I)
-_HBA_END = re.compile(r"^#.*\bk8s-sql\b.*\bend\b", re.I)
+_HBA_BEGIN = re.compile(r"^#(?=.*\bk8s-sql\b)(?=.*\b(begin|start)\b)", re.I)
+_HBA_END = re.compile(r"^#(?=.*\bk8s-sql\b)(?=.*\bend\b)", re.I)
 
 
 def remove_hba_block(text: str) -> str:
-    """``pg_hba.conf`` without k8s-sql's marked block (``# … k8s-sql … BEGIN`` to
-    ``# … k8s-sql … END``, markers included); unchanged when there is none. Uses the
+    """``pg_hba.conf`` without k8s-sql's marked block (from a comment line naming k8s-sql
+    and BEGIN to one naming k8s-sql and END, markers included); unchanged when there is
+    none or it is not terminated. Uses the
     postgres phase's own remover when it provides one."""
     try:  # the postgres helpers own the marker format
         from k8s_sql.pg.hba import remove_block  # type: ignore[import-not-found]
