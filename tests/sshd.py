@@ -34,7 +34,9 @@ class Sshd:
     """One sshd on loopback. ``port``, ``client_key`` (private key authorized for every
     user added), ``known_hosts`` (holds this server's host key), ``dir``."""
 
-    def __init__(self):
+    def __init__(self, path: str | None = None):
+        #: PATH of the SSH sessions (sshd's SetEnv), e.g. with stand-in binaries first
+        self.path = path
         self.dir = tempfile.mkdtemp(prefix="k8s-sql-sshd-")
         os.chmod(self.dir, 0o755)  # sshd reads authorized_keys/<user> as that user
         self.port = free_port()
@@ -61,7 +63,8 @@ class Sshd:
                 f"PidFile {self.dir}/sshd.pid\nAuthorizedKeysFile {self.keys_dir}/%u\n"
                 "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
                 "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
-                "Subsystem sftp internal-sftp\nLogLevel VERBOSE\n")
+                "Subsystem sftp internal-sftp\nLogLevel VERBOSE\n"
+                + (f"SetEnv PATH={self.path}\n" if self.path else ""))
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir
         log = open(self.log_file, "w")
         self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", config], stdout=log, stderr=log)

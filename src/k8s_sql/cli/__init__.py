@@ -10,6 +10,7 @@ from rich.markup import escape
 from k8s_sql import __version__
 from k8s_sql.cli import config as config_cmd
 from k8s_sql.cli import init as init_cmd
+from k8s_sql.cli import join as join_cmd
 from k8s_sql.cli import patch_manifest as patch_manifest_cmd
 from k8s_sql.cli import reset as reset_cmd
 from k8s_sql.cli import shim as shim_cmd
@@ -32,6 +33,7 @@ app.add_typer(patch_manifest_cmd.app)
 app.add_typer(shim_cmd.app)
 app.add_typer(status_cmd.app)
 app.add_typer(reset_cmd.app)
+app.add_typer(join_cmd.app)
 
 
 @app.command("version")
