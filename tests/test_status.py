@@ -121,3 +121,25 @@ def test_unreachable_parts_are_down_not_errors(running, pg, tmp_path):
     assert data["shim"]["up"] is False and "no answer on http://127.0.0.1:" in data["shim"]["reason"]
     out = status("-c", cfg).stdout
     assert out.count("down") >= 3
+
+
+def test_status_over_ssh_matches_the_local_view(running, pg, tmp_path):
+    """The same probes through a real sshd on 127.0.0.1 (tests/sshd.py): same node, same data."""
+    from sshd import Sshd
+
+    shim, db, rev, pki = running
+    cfg = write_config(tmp_path, pg, db, shim, pki)
+    server = Sshd().start()
+    try:
+        remote = json.loads(status("-c", cfg, "-o", "json", "--host", "root@127.0.0.1", "--ssh-port",
+                                   str(server.port), "--ssh-key", server.client_key, "--ssh-known-hosts",
+                                   server.known_hosts).stdout)
+    finally:
+        server.stop()
+    local = json.loads(status("-c", cfg, "-o", "json").stdout)
+    assert remote["host"] == "127.0.0.1" and local["host"] == "localhost"
+    for part in ("shim", "certificates"):
+        assert remote[part] == local[part]
+    drop = lambda d: {k: v for k, v in d.items() if k != "database_bytes"}  # noqa: E731 (may grow meanwhile)
+    assert drop(remote["postgres"]) == drop(local["postgres"])
+    assert remote["postgres"]["keys"] == 3 and remote["shim"]["revision"] == rev
