@@ -192,3 +192,30 @@ def test_user_without_sudo_fails_before_any_change(sshd, tmp_path):
 def test_ssh_options_need_host():
     r = cli("init", "phase", "kubeadm-config", "--ssh-port", "22", "--dry-run", check_rc=2)
     assert "--host" in r.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("k8s_sql.phases.pki") is None
+                    or importlib.util.find_spec("k8s_sql.phases.postgres") is None,
+                    reason="the pki and postgres phases are not in this checkout yet")
+def test_pki_and_postgres_phases_over_ssh(sshd, tmp_path):
+    """``init phase pki`` and ``init phase postgres`` through sshd against a throwaway
+    PostgreSQL of this test; a second run over SSH and a local dry run find nothing to do."""
+    from pgcluster import TempPostgres
+
+    pgc = TempPostgres().init().start()
+    try:
+        cfg = tmp_path / "cluster.yaml"
+        etc = tmp_path / "etc"
+        cfg.write_text(
+            "apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n"
+            f"paths: {{pkiDir: {etc}/pki, kubeadmConfig: {etc}/kubeadm.yaml, patchesDir: {etc}/patches, "
+            f"backupDir: {etc}/backup}}\n"
+            f"postgres: {{configDir: {pgc.config_dir}, dataDir: {pgc.data_dir}, socketDir: {pgc.socket_dir}, "
+            f"port: {pgc.port}, version: '{pgc.major}'}}\n")
+        for phase in ("pki", "postgres"):
+            cli("init", "phase", phase, "-c", str(cfg), *ssh_args(sshd, SUDO_USER))
+            assert "up to date" in cli("init", "phase", phase, "-c", str(cfg), *ssh_args(sshd)).stdout
+            assert "0 change(s) planned" in cli("init", "phase", phase, "-c", str(cfg), "--dry-run").stdout
+        assert pgc.psql("SHOW ssl") == "on"
+    finally:
+        pgc.destroy()

@@ -47,13 +47,13 @@ SshHostOpt = Annotated[Optional[str], typer.Option(
     "--host", help="Run on this machine over SSH instead of locally: user@address. A user other than root "
     "needs passwordless sudo (sudo -n).", show_default=False)]
 SshKeyOpt = Annotated[Optional[Path], typer.Option(
-    "--ssh-key", help="Private key for --host; then only this key is tried [default: ssh-agent, ~/.ssh/id_*].",
+    "--ssh-key", help="Private key for --host; then only this key is tried (default: ssh-agent, ~/.ssh/id_*).",
     show_default=False)]
 SshPortOpt = Annotated[Optional[int], typer.Option(
-    "--ssh-port", help="SSH port for --host [default: 22].", show_default=False, min=1, max=65535)]
+    "--ssh-port", help="SSH port for --host (default: 22).", show_default=False, min=1, max=65535)]
 SshKnownHostsOpt = Annotated[Optional[Path], typer.Option(
     "--ssh-known-hosts", help="known_hosts file that must hold the host key of --host "
-    "[default: ~/.ssh/known_hosts]; unknown host keys are rejected.", show_default=False)]
+    "(default: ~/.ssh/known_hosts); unknown host keys are rejected.", show_default=False)]
 
 #: flag value -> dotted config field it overrides
 FLAG_FIELDS = {

@@ -74,7 +74,7 @@ def phase(
     ssh_port: common.SshPortOpt = None,
     ssh_known_hosts: common.SshKnownHostsOpt = None,
     root: Annotated[Optional[str], typer.Option(
-        "--root", help="prereqs only: act on a node's file tree under DIR instead of / (tests, image builds). "
+        "--root", metavar="DIR", help="prereqs only: act on a node's file tree under DIR instead of / (tests, image builds). "
         "Files (os-release, /proc/swaps, fstab, sysctl and module files, apt sources, the dpkg status) are read "
         "and written under DIR; commands that change the running system (modprobe, sysctl, swapoff, curl/gpg, "
         "apt-get, apt-mark, systemctl) are listed but not run.", show_default=False)] = None,

@@ -137,10 +137,10 @@ def join(
     control_plane: Annotated[bool, typer.Option(
         "--control-plane", help="Join as another control-plane node with its own shim sidecar.")] = False,
     control_plane_host: Annotated[Optional[str], typer.Option(
-        "--control-plane-host", help="The first control-plane node, user@address over SSH [default: this machine].",
+        "--control-plane-host", help="The first control-plane node, user@address over SSH (default: this machine).",
         show_default=False)] = None,
     control_plane_ssh_port: Annotated[Optional[int], typer.Option(
-        "--control-plane-ssh-port", help="SSH port of --control-plane-host [default: 22].", show_default=False)] = None,
+        "--control-plane-ssh-port", help="SSH port of --control-plane-host (default: 22).", show_default=False)] = None,
     skip_phases: Annotated[Optional[list[str]], typer.Option(
         "--skip-phases", help="Phases to skip on the joining node: prereqs, shim.", show_default=False)] = None,
     host: common.SshHostOpt = None,
