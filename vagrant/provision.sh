@@ -35,6 +35,10 @@ kubernetes:
   version: $version
 EOF
 
+# every VM has the same NAT address on its first interface: the kubelet must use the
+# private one (read by kubeadm's kubelet drop-in)
+echo "KUBELET_EXTRA_ARGS=--node-ip=$ip" >/etc/default/kubelet
+
 case "$role" in
 control-plane)
   # the workers' key for `k8s-sql join --control-plane-host vagrant@$ip`
