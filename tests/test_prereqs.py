@@ -197,3 +197,11 @@ def test_unsupported_release_is_refused(tmp_path):
 def test_root_is_for_prereqs_only(tmp_path):
     r = runner.invoke(app, ["init", "phase", "pki", "--root", str(tmp_path), "--dry-run"])
     assert r.exit_code == 2 and "prereqs phase only" in r.output
+
+
+def test_external_postgres_installs_only_the_client(tmp_path):
+    root = node(tmp_path, "debian-12")
+    r = prereqs(root, config(tmp_path, "postgres: {mode: external, uri: 'postgresql://db.example:5432/kubernetes'}\n"),
+                "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "cri-o=1.34.* postgresql-client\n" in r.output and " postgresql\n" not in r.output

@@ -12,7 +12,7 @@
   its community repository on download.opensuse.org (``isv:cri-o``), or the distribution's
   containerd (``kubernetes.containerRuntime: containerd``, set to the systemd cgroup driver);
   PostgreSQL from the distribution, or from apt.postgresql.org when ``postgres.version``
-  asks for another major. Each repository's key is fetched with curl into a file, converted
+  asks for another major (only its client with ``postgres.mode: external``). Each repository's key is fetched with curl into a file, converted
   with ``gpg --dearmor`` into ``/etc/apt/keyrings/`` and named by ``signed-by=`` in its
   sources line; nothing is piped into a shell.
 
@@ -128,6 +128,9 @@ def wanted_packages(cfg, osi: osinfo.OsInfo) -> tuple[dict[str, str], list[AptRe
         repos.append(crio_repo(minor))
     else:
         packages["containerd"] = "*"
+    if cfg.postgres.mode == "external":  # only verified from here, with psql
+        packages["postgresql-client"] = "*"
+        return packages, repos
     pg, pgdg = postgres_package(cfg, osi)
     packages[pg] = "*"
     if pgdg:
