@@ -161,3 +161,20 @@ def test_reset_without_a_terminal_needs_yes(node, pgc):
     r = k8s_sql(node, "reset", "-c", node["cfg"], rc=1)
     assert "no terminal to confirm" in r.stderr and "--yes" in r.stderr
     assert snapshot(node, pgc) == before
+
+
+def test_reset_over_ssh_plans_what_a_local_reset_plans(node, pgc):
+    """The same node through a real sshd on 127.0.0.1 whose sessions have the stand-in first
+    on PATH; the plans are identical."""
+    from sshd import Sshd
+
+    init(node, pgc)
+    server = Sshd(path=node["env"]["PATH"]).start()
+    try:
+        remote = k8s_sql(node, "reset", "-c", node["cfg"], "--dry-run", "--host", "root@127.0.0.1", "--ssh-port",
+                         str(server.port), "--ssh-key", server.client_key, "--ssh-known-hosts", server.known_hosts)
+    finally:
+        server.stop()
+    local = k8s_sql(node, "reset", "-c", node["cfg"], "--dry-run")
+    assert remote.stdout == local.stdout
+    assert "would kubeadm reset -f" in remote.stdout and f"would write {node['hba']}" in remote.stdout
