@@ -81,7 +81,7 @@ def test_dry_run_shows_exact_sources_keys_and_packages(tmp_path, release):
             "kubelet=1.34.2-* kubeadm=1.34.2-* kubectl=1.34.2-* cri-o=1.34.* postgresql") in out
     assert "apt-mark hold kubelet kubeadm kubectl" in out
     assert "modprobe overlay br_netfilter" in out and "swapoff -a" in out
-    assert f"sysctl -p /etc/sysctl.d/99-k8s-sql.conf" in out
+    assert "sysctl -p /etc/sysctl.d/99-k8s-sql.conf" in out
     assert "+# disabled by k8s-sql (kubelet needs swap off): /swap.img none swap sw 0 0" in out
     assert "systemctl enable --now crio" in out and "systemctl enable kubelet" in out
     assert "pgdg" not in out and "apt.postgresql.org" not in out
