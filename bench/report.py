@@ -1,0 +1,188 @@
+"""Results of a benchmark run: per-round figures, ratios shim/etcd, targets; Markdown, CSV, PNG.
+
+``Results.values[system][figure]`` holds one value per round (``system``: etcd, shim,
+postgres). A ratio is shim/etcd computed within each round, then summarised min/median/max.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure: ``name``, ``unit``, what it is, and an optional target.
+
+    ``target``: (kind, op, bound) with kind "ratio" (median shim/etcd) or "shim" (the shim's
+    median itself), op "<=" or ">=", e.g. ("ratio", ">=", 0.5).
+    """
+    name: str
+    unit: str
+    label: str
+    target: tuple[str, str, float] | None = None
+
+
+FIGURES = [
+    Figure("put_1_p50_ms", "ms", "put, 1 client: p50 latency", ("ratio", "<=", 2.0)),
+    Figure("put_1_rate", "req/s", "put, 1 client: throughput"),
+    Figure("put_64_rate", "req/s", "put, 64 clients / 8 conns: throughput", ("ratio", ">=", 0.5)),
+    Figure("put_64_p99_ms", "ms", "put, 64 clients: p99 latency"),
+    Figure("txn_put_64_rate", "req/s", "txn-put, 64 clients / 8 conns: throughput", ("ratio", ">=", 0.5)),
+    Figure("range_1_p50_ms", "ms", "range 1 key (linearizable), 1 client: p50 latency"),
+    Figure("range_1_rate", "req/s", "range 1 key, 1 client: throughput"),
+    Figure("range_64_rate", "req/s", "range 1 key, 64 clients / 8 conns: throughput", ("ratio", ">=", 0.4)),
+    Figure("watch_p50_ms", "ms", "watch-latency (put to event), one process: p50"),
+    Figure("watch_p99_ms", "ms", "watch-latency, one process: p99", ("shim", "<=", 10.0)),
+    Figure("watch2_p50_ms", "ms", "watch latency, write via the other shim process: p50"),
+    Figure("watch2_p99_ms", "ms", "watch latency, write via the other shim process: p99", ("shim", "<=", 25.0)),
+    Figure("k8s_create_s", "s", "k8s run: create N objects (create-if-absent txns)"),
+    Figure("k8s_list_s", "s", "k8s run: list N objects, pages of 500, one revision", ("ratio", "<=", 2.0)),
+    Figure("k8s_update_s", "s", "k8s run: update each (compare mod_revision)"),
+    Figure("k8s_delete_s", "s", "k8s run: delete each (compare mod_revision)"),
+    Figure("k8s_watch_lag_p99_ms", "ms", "k8s run: watcher lag behind acked writes, p99"),
+    Figure("k8s_watch_lag_max_ms", "ms", "k8s run: watcher lag, max"),
+    Figure("k8s_watch_events_missing", "events", "k8s run: events the watcher missed", ("shim", "<=", 0.0)),
+]
+PG_FIGURES = [
+    Figure("pgbench_1_tps", "tx/s", "pgbench, 1 single-row insert per tx, 1 client"),
+    Figure("pgbench_64_tps", "tx/s", "pgbench, 1 single-row insert per tx, 64 clients"),
+]
+
+
+def _stats(vals: list[float]) -> tuple[float, float, float]:
+    vals = [v for v in vals if v is not None and not math.isnan(v)]
+    if not vals:
+        return (math.nan, math.nan, math.nan)
+    return (min(vals), statistics.median(vals), max(vals))
+
+
+def _fmt(v: float) -> str:
+    if v is None or math.isnan(v):
+        return "n/a"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}" if v else "0"
+
+
+@dataclass
+class Results:
+    """All figures of one run; ``meta`` is the header (machine, versions, sizes)."""
+    meta: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {"etcd": {}, "shim": {}, "postgres": {}})
+
+    def add(self, system: str, figure: str, value: float) -> None:
+        self.values[system].setdefault(figure, []).append(float(value))
+
+    def ratios(self, figure: str) -> list[float]:
+        """shim/etcd per round (rounds where both exist)."""
+        e, s = self.values["etcd"].get(figure, []), self.values["shim"].get(figure, [])
+        return [b / a if a else math.nan for a, b in zip(e, s)]
+
+    def fractions(self) -> list[tuple[str, list[float]]]:
+        """The shim's put throughput as a fraction of pgbench's, per round."""
+        out = []
+        for fig, pg in (("put_1_rate", "pgbench_1_tps"), ("put_64_rate", "pgbench_64_tps")):
+            s, p = self.values["shim"].get(fig, []), self.values["postgres"].get(pg, [])
+            out.append((f"shim {fig} / {pg}", [a / b if b else math.nan for a, b in zip(s, p)]))
+        return out
+
+    def verdict(self, f: Figure) -> str:
+        """"pass", "FAIL" or "" (no target / no data)."""
+        if not f.target:
+            return ""
+        kind, op, bound = f.target
+        v = _stats(self.ratios(f.name) if kind == "ratio" else self.values["shim"].get(f.name, []))[1]
+        if math.isnan(v):
+            return "FAIL"
+        ok = v <= bound if op == "<=" else v >= bound
+        return "pass" if ok else "FAIL"
+
+    def rows(self) -> list[dict[str, str]]:
+        """Table rows: figure, unit, etcd/shim/ratio min-med-max, target, verdict."""
+        rows = []
+        for f in FIGURES:
+            e, s, r = (_stats(self.values["etcd"].get(f.name, [])), _stats(self.values["shim"].get(f.name, [])),
+                       _stats(self.ratios(f.name)))
+            t = f"{f.target[0]} {f.target[1]} {f.target[2]:g}" if f.target else ""
+            rows.append({"figure": f.name, "label": f.label, "unit": f.unit,
+                         "etcd": " / ".join(_fmt(x) for x in e), "shim": " / ".join(_fmt(x) for x in s),
+                         "ratio": " / ".join(_fmt(x) for x in r), "target": t, "verdict": self.verdict(f)})
+        return rows
+
+    def write_markdown(self, path: str) -> None:
+        lines = ["# k8s-sql shim vs etcd — benchmark run", ""]
+        lines += [f"- **{k}**: {v}" for k, v in self.meta.items()]
+        lines += ["", "Each cell is min / median / max over the rounds. Ratio = shim / etcd, computed within "
+                  "each round. Targets are floors: a ratio target applies to the median ratio, a `shim` target "
+                  "to the shim's median value.", "",
+                  "| figure | unit | etcd | shim | ratio shim/etcd | target | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in self.rows():
+            lines.append(f"| {r['label']} (`{r['figure']}`) | {r['unit']} | {r['etcd']} | {r['shim']} | "
+                         f"{r['ratio']} | {r['target']} | {r['verdict']} |")
+        lines += ["", "## PostgreSQL's own ceiling (pgbench, same server, same run)", "",
+                  "| figure | unit | PostgreSQL (min / median / max) |", "|---|---|---|"]
+        for f in PG_FIGURES:
+            lines.append(f"| {f.label} (`{f.name}`) | {f.unit} | "
+                         f"{' / '.join(_fmt(x) for x in _stats(self.values['postgres'].get(f.name, [])))} |")
+        for name, vals in self.fractions():
+            lines.append(f"| {name} | fraction | {' / '.join(_fmt(x) for x in _stats(vals))} |")
+        lines.append("")
+        with open(path, "w") as fh:
+            fh.write("\n".join(lines))
+
+    def write_csv(self, path: str) -> None:
+        """Long format: figure, unit, system (etcd/shim/postgres/ratio), round, value."""
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["figure", "unit", "system", "round", "value"])
+            units = {f.name: f.unit for f in FIGURES + PG_FIGURES}
+            for system, figs in self.values.items():
+                for name, vals in figs.items():
+                    for i, v in enumerate(vals, 1):
+                        w.writerow([name, units.get(name, ""), system, i, repr(v)])
+            for f in FIGURES:
+                for i, v in enumerate(self.ratios(f.name), 1):
+                    w.writerow([f.name, "ratio", "ratio", i, repr(v)])
+
+    def write_chart(self, path: str) -> None:
+        """Horizontal bars of the median ratio shim/etcd per figure (log scale), targets marked."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names, meds, lo, hi, colors, targets = [], [], [], [], [], []
+        for f in FIGURES:
+            mn, md, mx = _stats(self.ratios(f.name))
+            if math.isnan(md) or md <= 0:
+                continue
+            names.append(f"{f.label} [{f.unit}]")
+            meds.append(md)
+            lo.append(md - mn)
+            hi.append(mx - md)
+            lower_better = f.unit in ("ms", "s")
+            colors.append("#c0504d" if lower_better else "#4f81bd")
+            targets.append(f.target[2] if f.target and f.target[0] == "ratio" else None)
+        fig, ax = plt.subplots(figsize=(11, 0.45 * len(names) + 1.8))
+        y = list(range(len(names)))[::-1]
+        ax.barh(y, meds, xerr=[lo, hi], color=colors, capsize=3)
+        for yi, t in zip(y, targets):
+            if t:
+                ax.plot([t, t], [yi - 0.4, yi + 0.4], color="black", linewidth=2)
+        for yi, m in zip(y, meds):
+            ax.text(m * 1.08, yi, f"{m:.2f}×", va="center", fontsize=8)
+        ax.set_yticks(y)
+        ax.set_yticklabels(names, fontsize=8)
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("shim / etcd (median over rounds; whiskers min–max; black tick = target)")
+        ax.set_title("k8s-sql shim relative to etcd 3.4 — blue: throughput (higher is better), "
+                     "red: time/latency (lower is better)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
