@@ -17,6 +17,9 @@ app = typer.Typer(
     no_args_is_help=False,
 )
 
+IgnorePreflightOpt = Annotated[Optional[str], typer.Option(
+    "--ignore-preflight-errors", help="Preflight checks whose errors become warnings, comma-separated "
+    "(e.g. Swap,Port-6443), or all; as kubeadm's flag.", show_default=False)]
 SkipOpt = Annotated[Optional[list[str]], typer.Option(
     "--skip-phases", help="Phases to skip (repeat the flag, or separate with commas).", show_default=False)]
 
@@ -27,6 +30,7 @@ def init(
     config: common.ConfigOpt = None,
     dry_run: common.DryRunOpt = False,
     skip_phases: SkipOpt = None,
+    ignore_preflight_errors: IgnorePreflightOpt = None,
     node_name: common.NodeNameOpt = None,
     advertise_address: common.AdvertiseOpt = None,
     kubernetes_version: common.VersionOpt = None,
@@ -53,7 +57,9 @@ def init(
                                  param_hint="--skip-phases")
     phases = [load_phase(name) for name in PHASES if name not in skipped]
     target = common.target_host(host, ssh_key, ssh_port, ssh_known_hosts)
-    run_phases(phases, common.make_context(cfg, dry_run=dry_run, host=target))
+    run_ctx = common.make_context(cfg, dry_run=dry_run, host=target)
+    run_ctx.facts.update(phases=[p.name for p in phases], ignore_preflight_errors=_ignored(ignore_preflight_errors))
+    run_phases(phases, run_ctx)
 
 
 @app.command("phase")
@@ -61,6 +67,7 @@ def phase(
     name: Annotated[str, typer.Argument(help="Phase to run: " + ", ".join(PHASES) + ".", show_default=False)],
     config: common.ConfigOpt = None,
     dry_run: common.DryRunOpt = False,
+    ignore_preflight_errors: IgnorePreflightOpt = None,
     node_name: common.NodeNameOpt = None,
     advertise_address: common.AdvertiseOpt = None,
     kubernetes_version: common.VersionOpt = None,
@@ -97,4 +104,10 @@ def phase(
     else:
         target = common.target_host(host, ssh_key, ssh_port, ssh_known_hosts)
         ctx = common.make_context(cfg, dry_run=dry_run, host=target)
+    ctx.facts["ignore_preflight_errors"] = _ignored(ignore_preflight_errors)
     run_phases([load_phase(name)], ctx)
+
+
+def _ignored(value: str | None) -> set[str]:
+    """``--ignore-preflight-errors`` as a set of lower-case check names."""
+    return {s.strip().lower() for s in (value or "").split(",") if s.strip()}
