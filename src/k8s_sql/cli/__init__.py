@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from k8s_sql import __version__
+from k8s_sql.cli import certs as certs_cmd
 from k8s_sql.cli import config as config_cmd
 from k8s_sql.cli import init as init_cmd
 from k8s_sql.cli import join as join_cmd
@@ -34,6 +35,7 @@ app.add_typer(shim_cmd.app)
 app.add_typer(status_cmd.app)
 app.add_typer(reset_cmd.app)
 app.add_typer(join_cmd.app)
+app.add_typer(certs_cmd.app)
 
 
 @app.command("version")
