@@ -58,7 +58,8 @@ class Pki(Phase):
         address, _ = advertise_address(host, cfg)
         for spec in certs.leaf_specs(cfg, address, postgres_owner(ctx)):
             cert_pem, key_pem = host.read_bytes(p(spec.cert)), host.read_bytes(p(spec.key))
-            problem = "missing" if fresh_ca else certs.leaf_problem(spec, cert_pem, key_pem, ca_cert)
+            problem = "missing" if fresh_ca else certs.leaf_problem(
+                spec, cert_pem, key_pem, ca_cert, cfg.certificates.validity_days)
             if problem:
                 if problem != "missing":
                     ctx.console.print(f"  {spec.cert}: {problem}; re-issuing it", markup=False)

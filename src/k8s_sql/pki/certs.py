@@ -165,11 +165,17 @@ def load_ca(cert_pem: bytes, key_pem: bytes, where: str) -> tuple[x509.Certifica
     return cert, key
 
 
+def renew_before(validity_days: int) -> dt.timedelta:
+    """How long before its end a leaf is re-issued: 30 days, or a third of a shorter
+    validity (else a 10-day certificate would be re-issued on every run)."""
+    return dt.timedelta(days=min(RENEW_BEFORE_DAYS, validity_days / 3))
+
+
 def leaf_problem(spec: LeafSpec, cert_pem: bytes | None, key_pem: bytes | None, ca_cert: x509.Certificate,
-                 now: dt.datetime | None = None) -> str | None:
+                 validity_days: int = 365, now: dt.datetime | None = None) -> str | None:
     """Why the existing leaf ``cert_pem``/``key_pem`` must be re-issued (``"missing"``,
     ``"not signed by the CA"``, ``"expires in 12 days"``, ``"SANs differ"`` …), or ``None``
-    when it is still good for ``spec``."""
+    when it is still good for ``spec`` (``validity_days``: see :func:`renew_before`)."""
     now = now or _now()
     if cert_pem is None or key_pem is None:
         return "missing"
@@ -189,7 +195,7 @@ def leaf_problem(spec: LeafSpec, cert_pem: bytes | None, key_pem: bytes | None, 
     if cert.not_valid_before_utc > now:
         return "not valid yet"
     left = cert.not_valid_after_utc - now
-    if left < dt.timedelta(days=RENEW_BEFORE_DAYS):
+    if left < renew_before(validity_days):
         return f"expires in {max(left.days, 0)} days"
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if [a.value for a in cns] != [spec.common_name]:
