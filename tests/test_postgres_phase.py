@@ -192,3 +192,43 @@ def test_snippet_helpers():
     assert has_include_dir("include_dir = 'conf.d'\n") and not has_include_dir("#include_dir = 'conf.d'\n")
     assert listen_addresses_for("localhost") is None and listen_addresses_for("*") is None
     assert listen_addresses_for("10.0.0.5") == "10.0.0.5,127.0.0.1,::1"
+
+
+def test_debian_cluster_found_with_pg_lsclusters_and_down():
+    """With no configDir the cluster comes from ``pg_lsclusters``: here the system cluster,
+    which is installed but never running on this machine. Only a dry run, so nothing could
+    change even if it were up; the test is skipped then."""
+    rows = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True).stdout.split("\n")
+    row = next((r.split() for r in rows if len(r.split()) > 3 and r.split()[1] == "main"), None)
+    if row is None or row[3] != "down":
+        pytest.skip("needs an installed, stopped Debian cluster 'main'")
+    r = cli("init", "phase", "postgres", "--dry-run", rc=1)
+    assert f"PostgreSQL {row[0]}/main is down or unreachable" in r.stderr
+    assert f"start it with `pg_ctlcluster {row[0]} main start`" in r.stderr
+
+
+def test_listen_addresses_added_with_a_restart(tmp_path):
+    """A server that listens on 127.0.0.1 only (set in another conf.d file) gets ::1 added
+    by k8s-sql.conf and is restarted (pg_ctl, outside the Debian layout); then the phase
+    is up to date."""
+    pgc = TempPostgres().init()
+    try:
+        with open(os.path.join(pgc.config_dir, "conf.d", "00-site.conf"), "w") as f:
+            f.write("listen_addresses = '127.0.0.1'\n")
+        pgc.start()
+        base = tempfile.mkdtemp(prefix="k8s-sql-pglisten-")
+        os.chmod(base, 0o755)
+        cfg = os.path.join(base, "c.yaml")
+        with open(cfg, "w") as f:
+            f.write(config_text(base, pgc))
+        cli("init", "phase", "pki", "-c", cfg)
+        r = cli("init", "phase", "postgres", "-c", cfg)
+        assert "restart PostgreSQL in" in r.stdout and "listen_addresses = '127.0.0.1,::1'" in r.stdout
+        assert "reload" not in r.stdout  # the restart reads everything
+        assert pgc.psql("SHOW listen_addresses") == "127.0.0.1,::1"
+        assert "up to date" in cli("init", "phase", "postgres", "-c", cfg).stdout
+        with psycopg.connect(conninfo({"base": base, "pgc": pgc}, host="::1")) as conn:
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is True
+        shutil.rmtree(base, ignore_errors=True)
+    finally:
+        pgc.destroy()
