@@ -86,7 +86,6 @@ class Sshd:
     def add_user(self, name: str, *, sudo: bool) -> str:
         """A login user (shell /bin/sh, no password: ``*``) authorized with ``client_key``;
         ``sudo`` adds ``NOPASSWD: ALL`` in /etc/sudoers.d. Removed by :meth:`stop`."""
-        subprocess.run(["userdel", "-r", name], capture_output=True)
         subprocess.run(["useradd", "-m", "-s", "/bin/sh", "-p", "*", name], check=True)
         self.users.append(name)
         self.authorize(name)

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -22,8 +23,9 @@ from k8s_sql.phases.runner import PHASES
 from k8s_sql.remote import RemoteHost, open_host
 from sshd import Sshd, free_port, keygen
 
-SUDO_USER = "k8ssqlsudo"
-PLAIN_USER = "k8ssqlplain"
+_SUFFIX = uuid.uuid4().hex[:6]  # test sessions running side by side must not share users
+SUDO_USER = f"k8ssqlsudo{_SUFFIX}"
+PLAIN_USER = f"k8ssqlplain{_SUFFIX}"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def ssh_args(sshd, user="root"):
             "--ssh-known-hosts", sshd.known_hosts]
 
 
-@pytest.mark.parametrize("user", ["root", SUDO_USER])
+@pytest.mark.parametrize("user", ["root", SUDO_USER], ids=["root", "sudo"])
 def test_files_and_commands_match_the_host_contract(sshd, tmp_path, user, capsys):
     """Same results as LocalHost on the same machine: the remote end is this machine."""
     host = connect(sshd, user)
@@ -105,18 +107,20 @@ def test_files_and_commands_match_the_host_contract(sshd, tmp_path, user, capsys
     host.close()
 
 
-def _config(tmp_path, name) -> str:
+def _config(tmp_path, name, pg=None) -> str:
     etc = tmp_path / name
     path = tmp_path / f"{name}.yaml"
     path.write_text(
         "apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n"
         "node: {name: node1, advertiseAddress: 192.0.2.10, criSocket: unix:///var/run/crio/crio.sock}\n"
         f"paths: {{kubeadmConfig: {etc}/kubeadm.yaml, patchesDir: {etc}/patches, pkiDir: {etc}/pki, "
-        f"manifestsDir: {etc}/manifests, backupDir: {etc}/backup, kubeconfig: {etc}/admin.conf}}\n")
+        f"manifestsDir: {etc}/manifests, backupDir: {etc}/backup, kubeconfig: {etc}/admin.conf}}\n"
+        + (f"postgres: {{configDir: {pg.config_dir}, dataDir: {pg.data_dir}, socketDir: {pg.socket_dir}, "
+           f"port: {pg.port}, version: '{pg.major}'}}\n" if pg else ""))
     return str(path)
 
 
-@pytest.mark.parametrize("user", ["root", SUDO_USER])
+@pytest.mark.parametrize("user", ["root", SUDO_USER], ids=["root", "sudo"])
 def test_init_phase_over_ssh_writes_what_a_local_run_would(sshd, tmp_path, user):
     cfg = _config(tmp_path, "etc")
     r = cli("init", "phase", "kubeadm-config", "-c", cfg, *ssh_args(sshd, user))
@@ -129,15 +133,21 @@ def test_init_phase_over_ssh_writes_what_a_local_run_would(sshd, tmp_path, user)
     assert "0 change(s) planned" in local.stdout
 
 
-def test_init_dry_run_over_ssh_changes_nothing(sshd, tmp_path):
-    """Every phase that exists in this checkout, planned over SSH; no file appears."""
-    cfg = _config(tmp_path, "dry")
+def test_init_dry_run_over_ssh_changes_nothing(sshd, tmp_path, pg):
+    """Every phase that exists in this checkout, planned over SSH (PostgreSQL: the session's
+    throwaway cluster, only read); no file appears."""
+    cfg = _config(tmp_path, "dry", pg)
+    before = open(os.path.join(pg.config_dir, "pg_hba.conf")).read()
     missing = [n for n, t in PHASES.items() if importlib.util.find_spec(t.split(":")[0]) is None]
     args = ["--skip-phases", ",".join(missing)] if missing else []
     r = cli("init", "--dry-run", "-c", cfg, *args, *ssh_args(sshd), check_rc=None)
     assert "[kubeadm-config]" in r.stdout, r.stdout + r.stderr
     assert "would write" in r.stdout and str(tmp_path / "dry/kubeadm.yaml") in r.stdout
     assert not (tmp_path / "dry").exists()
+    assert open(os.path.join(pg.config_dir, "pg_hba.conf")).read() == before
+    for phase in ("preflight", "prereqs", "pki", "postgres", "kubeadm-init", "post"):
+        if phase not in missing:
+            assert f"[{phase}]" in r.stdout
 
 
 def _error(r: subprocess.CompletedProcess) -> str:
@@ -203,6 +213,12 @@ def test_pki_and_postgres_phases_over_ssh(sshd, tmp_path):
     from pgcluster import TempPostgres
 
     pgc = TempPostgres().init().start()
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="k8s-sql-remote-"))
+    os.chmod(tmp_path, 0o755)  # the postgres OS user reads its key from the pki dir here
     try:
         cfg = tmp_path / "cluster.yaml"
         etc = tmp_path / "etc"
@@ -219,3 +235,4 @@ def test_pki_and_postgres_phases_over_ssh(sshd, tmp_path):
         assert pgc.psql("SHOW ssl") == "on"
     finally:
         pgc.destroy()
+        shutil.rmtree(tmp_path, ignore_errors=True)

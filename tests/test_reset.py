@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -44,8 +47,11 @@ def pgc():
 
 
 @pytest.fixture
-def node(tmp_path, pgc):
-    """Config, environment and a snapshot function for one node under tmp_path."""
+def node(pgc):
+    """Config and environment for one node in a temp dir that the postgres OS user can
+    search (PostgreSQL reads its certificate and key from the pki dir there)."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="k8s-sql-reset-"))
+    os.chmod(tmp_path, 0o755)
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "kubeadm-init.py").write_text(STAND_IN.format(python=sys.executable))
@@ -76,6 +82,7 @@ def node(tmp_path, pgc):
     pgc.psql("DROP DATABASE IF EXISTS kubernetes WITH (FORCE)")
     pgc.psql("DROP ROLE IF EXISTS k8s_sql")
     pgc.reload()
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def k8s_sql(node, *args, rc=0, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:

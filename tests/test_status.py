@@ -92,8 +92,11 @@ def test_json_reports_postgres_and_shim_with_the_same_revisions(running, pg, tmp
     assert s["revision"] == rev and s["compact_revision"] == rev - 1
     assert data["apiserver"]["up"] is False and "does not exist" in data["apiserver"]["reason"]
     certs = {os.path.basename(c["path"]): c for c in data["certificates"]}
-    assert {"ca.crt", "server.crt", "client.crt"} <= set(certs)
-    assert certs["ca.crt"]["days_left"] == 0 and certs["ca.crt"]["subject"] == "CN=test-etcd-ca"
+    assert certs["ca.crt"]["state"] == "ok" and certs["ca.crt"]["days_left"] == 0  # make_tls: valid one day
+    from cryptography import x509
+    ca = x509.load_pem_x509_certificate(open(os.path.join(pki, "ca.crt"), "rb").read())
+    assert certs["ca.crt"]["not_after"] == ca.not_valid_after_utc.isoformat()
+    assert certs["shim-server.crt"]["state"] == "missing"  # make_tls names it server.crt
 
 
 def test_table_with_a_ready_api_server(running, pg, tmp_path):

@@ -12,56 +12,18 @@ not touched. Running it again finds nothing to do.
 from __future__ import annotations
 
 import posixpath
-import re
 
 from k8s_sql.errors import K8sSqlError
+from k8s_sql.pg.cluster import discover, psql
+from k8s_sql.pg.conf import CONF_D_FILE
+from k8s_sql.pg.hba import remove_block as remove_hba_block
 from k8s_sql.phases.base import Action, Change, Context, Phase, RemoveFile, WriteFile
-from k8s_sql.status import psql
-
-CONF_D_FILE = "k8s-sql.conf"
-#: First and last line of the block the postgres phase adds to pg_hba.conf.
-_HBA_BEGIN = re.compile(r"^#(?=.*\bk8s-sql\b)(?=.*\b(begin|start)\b)", re.I)
-_HBA_END = re.compile(r"^#(?=.*\bk8s-sql\b)(?=.*\bend\b)", re.I)
-
-
-def remove_hba_block(text: str) -> str:
-    """``pg_hba.conf`` without k8s-sql's marked block (from a comment line naming k8s-sql
-    and BEGIN to one naming k8s-sql and END, markers included); unchanged when there is
-    none or it is not terminated. Uses the
-    postgres phase's own remover when it provides one."""
-    try:  # the postgres helpers own the marker format
-        from k8s_sql.pg.hba import remove_block  # type: ignore[import-not-found]
-
-        return remove_block(text)
-    except ImportError:
-        pass
-    out, inside = [], False
-    for line in text.splitlines(keepends=True):
-        if not inside and _HBA_BEGIN.match(line.strip()):
-            inside = True
-            continue
-        if inside:
-            if _HBA_END.match(line.strip()):
-                inside = False
-            continue
-        out.append(line)
-    return "".join(out) if not inside else text  # an unterminated block is left alone
-
 
 def pg_config_dir(ctx: Context) -> str | None:
-    """``postgres.configDir``, else ``/etc/postgresql/<version>/<cluster>`` from
-    ``pg_lsclusters``; ``None`` if there is no such cluster."""
-    pg = ctx.config.postgres
-    if pg.config_dir:
-        return pg.config_dir
-    if ctx.host.which("pg_lsclusters") is None:
-        return None
-    res = ctx.host.run(["pg_lsclusters", "--no-header"], check=False)
-    for line in res.stdout.splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[1] == pg.cluster and (not pg.version or fields[0] == pg.version):
-            return f"/etc/postgresql/{fields[0]}/{fields[1]}"
-    return None
+    """The configuration directory of the cluster the postgres phase configured
+    (:func:`k8s_sql.pg.cluster.discover`); ``None`` if there is none."""
+    cluster = discover(ctx.host, ctx.config)
+    return cluster.config_dir if cluster else None
 
 
 def _kubeadm_state(ctx: Context) -> bool:

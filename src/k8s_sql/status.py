@@ -12,8 +12,8 @@ down. Sources:
   (``etcd_debugging_mvcc_current_revision``, ``..._compact_revision``);
 - the API server: ``kubectl get --raw /readyz`` and ``kubectl get nodes -o json`` with
   ``paths.kubeconfig``;
-- certificates: every ``*.crt`` under ``paths.pkiDir`` and ``/etc/kubernetes/pki`` with
-  its notAfter (cryptography's X.509 parser).
+- certificates: the datastore certificates as ``k8s-sql certs check-expiration`` reads
+  them, and every ``*.crt`` of kubeadm's ``/etc/kubernetes/pki`` with its notAfter.
 """
 
 from __future__ import annotations
@@ -27,22 +27,11 @@ from cryptography import x509
 
 from k8s_sql.config import Cluster
 from k8s_sql.errors import K8sSqlError
+from k8s_sql.cli.certs import inspect as inspect_datastore_certs
 from k8s_sql.host import Host, Result
+from k8s_sql.pg.cluster import psql
 
 KUBEADM_PKI = "/etc/kubernetes/pki"
-
-
-def psql(host: Host, cfg: Cluster, sql: str, db: str = "postgres", check: bool = True) -> Result:
-    """Run ``sql`` with psql as the ``postgres`` OS user over the Unix socket; unaligned,
-    tuples only, ``|``-separated.
-
-    Raises:
-        CommandError: with ``check``, psql failed (server down, SQL error).
-    """
-    pg = cfg.postgres
-    argv = ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg.socket_dir, "-p", str(pg.port),
-            "-U", "postgres", "-d", db, "-c", sql]
-    return host.run(argv, user="postgres", check=check, timeout=30)
 
 
 def _reason(res: Result) -> str:
@@ -170,26 +159,30 @@ def _listdir(host: Host, path: str) -> list[str]:
 
 
 def certificates(host: Host, cfg: Cluster, now: dt.datetime | None = None) -> list[dict]:
-    """``[{"path", "subject", "not_after" (ISO 8601, UTC), "days_left"}]`` for every ``*.crt``
-    under ``paths.pkiDir`` and kubeadm's pki dir (one level of subdirectories)."""
+    """``[{"path", "state" (ok, missing, invalid), "not_after" (ISO 8601, UTC), "days_left"}]``:
+    the datastore certificates of ``paths.pkiDir`` (``certs check-expiration``'s data, missing
+    ones included), then every ``*.crt`` of kubeadm's pki dir (one level of subdirectories)."""
     now = now or dt.datetime.now(dt.timezone.utc)
-    out, seen = [], set()
-    for base in (cfg.paths.pki_dir, KUBEADM_PKI):
-        dirs = [base] + [posixpath.join(base, d) for d in _listdir(host, base) if not d.endswith((".crt", ".key"))]
-        for d in dirs:
-            for name in _listdir(host, d):
-                path = posixpath.join(d, name)
-                if not name.endswith(".crt") or path in seen:
-                    continue
-                seen.add(path)
-                try:
-                    cert = x509.load_pem_x509_certificate(host.read_bytes(path) or b"")
-                except (ValueError, K8sSqlError):
-                    continue
-                end = cert.not_valid_after_utc
-                out.append({"path": path, "subject": cert.subject.rfc4514_string(),
-                            "not_after": end.isoformat(), "days_left": (end - now).days})
-    return sorted(out, key=lambda c: c["days_left"])
+    out = []
+    for row in inspect_datastore_certs(host, cfg.paths.pki_dir, now):
+        secs = row["residual_seconds"]
+        out.append({"path": row["path"], "state": row["state"], "not_after": row["expires"],
+                    "days_left": None if secs is None else secs // 86400})
+    seen = {c["path"] for c in out}
+    base = KUBEADM_PKI
+    dirs = [base] + [posixpath.join(base, d) for d in _listdir(host, base) if not d.endswith((".crt", ".key"))]
+    for d in dirs:
+        for name in _listdir(host, d):
+            path = posixpath.join(d, name)
+            if not name.endswith(".crt") or path in seen:
+                continue
+            try:
+                end = x509.load_pem_x509_certificate(host.read_bytes(path) or b"").not_valid_after_utc
+            except (ValueError, K8sSqlError):
+                out.append({"path": path, "state": "invalid", "not_after": None, "days_left": None})
+                continue
+            out.append({"path": path, "state": "ok", "not_after": end.isoformat(), "days_left": (end - now).days})
+    return out
 
 
 def collect(host: Host, cfg: Cluster) -> dict:

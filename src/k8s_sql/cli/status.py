@@ -57,6 +57,9 @@ def render(data: dict) -> Table:
                   f"{', '.join(n['roles']) or 'worker'}, kubelet {n['version']}")
     for c in data["certificates"]:
         days = c["days_left"]
+        if c["state"] != "ok":
+            t.add_row(f"cert {c['path']}", f"[red]{c['state']}[/red]", "")
+            continue
         color = "red" if days < 0 else "yellow" if days < 30 else "green"
         t.add_row(f"cert {c['path']}", f"[{color}]{days} days[/{color}]", f"expires {c['not_after']}")
     return t
