@@ -3,7 +3,8 @@
 In order: ``kubeadm reset -f`` (when the node has kubeadm state), the user's copy of the
 admin kubeconfig, the files k8s-sql wrote (kubeadm configuration, patches directory, the
 k8s-sql pki directory), PostgreSQL's ``conf.d/k8s-sql.conf`` and the marked ``pg_hba.conf``
-block (pg_hba.conf backed up first), then a configuration reload (``pg_reload_conf()``).
+block (pg_hba.conf backed up first), then a configuration reload (``pg_reload_conf()``), or
+a restart when k8s-sql's file had set ``listen_addresses``.
 PostgreSQL keeps running and the database stays, unless ``delete_data``: then ``DROP
 DATABASE … WITH (FORCE)`` and ``DROP ROLE``. With ``postgres.mode: external`` PostgreSQL is
 not touched. Running it again finds nothing to do.
@@ -12,19 +13,13 @@ not touched. Running it again finds nothing to do.
 from __future__ import annotations
 
 import posixpath
+import re
 
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.pg.cluster import discover, psql
 from k8s_sql.pg.conf import CONF_D_FILE
 from k8s_sql.pg.hba import remove_block as remove_hba_block
 from k8s_sql.phases.base import Action, Change, Context, Phase, RemoveFile, WriteFile
-
-def pg_config_dir(ctx: Context) -> str | None:
-    """The configuration directory of the cluster the postgres phase configured
-    (:func:`k8s_sql.pg.cluster.discover`); ``None`` if there is none."""
-    cluster = discover(ctx.host, ctx.config)
-    return cluster.config_dir if cluster else None
-
 
 def _kubeadm_state(ctx: Context) -> bool:
     host, paths = ctx.host, ctx.config.paths
@@ -73,11 +68,16 @@ class Reset(Phase):
     def _postgres(self, ctx: Context) -> list[Change]:
         host, cfg = ctx.host, ctx.config
         changes: list[Change] = []
-        conf_dir = pg_config_dir(ctx)
+        cluster = discover(host, cfg)
+        conf_dir = cluster.config_dir if cluster else None
+        restart = False
         if conf_dir:
             conf_d = posixpath.join(conf_dir, "conf.d", CONF_D_FILE)
-            if host.exists(conf_d):
+            conf_text = host.read_text(conf_d)
+            if conf_text is not None:
                 changes.append(RemoveFile(conf_d))
+                # listen_addresses takes effect only at a restart, as when the postgres phase set it
+                restart = bool(re.search(r"^\s*listen_addresses\s*=", conf_text, re.M))
             hba = posixpath.join(conf_dir, "pg_hba.conf")
             text = host.read_text(hba)
             if text is not None and remove_hba_block(text) != text:
@@ -86,7 +86,11 @@ class Reset(Phase):
                                          group=info.group, backup=True, backup_dir=cfg.paths.backup_dir))
         up = psql(host, cfg, "SELECT 1", check=False).ok if host.which("psql") else False
         if changes:
-            if up:
+            if up and restart:
+                argv = cluster.ctl_argv("restart")
+                changes.append(Action(f"restart {cluster.label} (listen_addresses back to its own setting)",
+                                      lambda c: c.host.run(argv, user="postgres", timeout=120)))
+            elif up:
                 changes.append(Action("reload the PostgreSQL configuration (SELECT pg_reload_conf())",
                                       lambda c: psql(c.host, c.config, "SELECT pg_reload_conf()")))
             else:
