@@ -81,10 +81,12 @@ def run_checks(ctx: Context) -> list[Failure]:
     phases = ctx.facts.get("phases")
     if phases is not None and "prereqs" not in phases:
         binaries += INSTALLED_BINARIES
+        binaries.append("psql")  # the postgres phase administers PostgreSQL with it, locally or not
     for binary in binaries:
         if host.which(binary) is None:
             pkg = {"gpg": "gpg", "ip": "iproute2", "modprobe": "kmod", "sysctl": "procps", "curl": "curl"}.get(binary)
-            fix = f"apt-get install -y {pkg}" if pkg else ("k8s-sql init phase prereqs" if binary in INSTALLED_BINARIES
+            fix = f"apt-get install -y {pkg}" if pkg else ("k8s-sql init phase prereqs"
+                                                           if binary in (*INSTALLED_BINARIES, "psql")
                                                            else f"install the package that provides {binary}")
             out.append(Failure(f"FileExisting-{binary}", f"{binary} not found in PATH", fix))
     listening = listening_ports(host)
