@@ -14,7 +14,6 @@ import threading
 import pytest
 from cryptography import x509
 
-from k8s_sql.pki import files
 
 LEAVES = ("postgres-server", "shim-postgres-client", "shim-server", "apiserver-shim-client")
 

@@ -42,7 +42,8 @@ class Pki(Phase):
         ca_pem, ca_key_pem = host.read_bytes(p(files.CA_CERT)), host.read_bytes(p(files.CA_KEY))
         if ca_pem is None and ca_key_pem is None:
             ca_pem, ca_key_pem = certs.new_ca(cfg.certificates.ca_validity_days)
-            changes += [WriteFile(p(files.CA_CERT), ca_pem, 0o644), WriteFile(p(files.CA_KEY), ca_key_pem, 0o600, secret=True)]
+            changes += [WriteFile(p(files.CA_CERT), ca_pem, 0o644),
+                        WriteFile(p(files.CA_KEY), ca_key_pem, 0o600, secret=True)]
             fresh_ca = True
         elif ca_pem is None or ca_key_pem is None:
             missing = files.CA_CERT if ca_pem is None else files.CA_KEY
