@@ -13,6 +13,7 @@ import datetime
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shim-workers", type=int, default=1, help="--workers of the measured shim (default 1)")
     p.add_argument("--output", default="", help="directory for the .md/.csv/.png (default bench/results)")
     args = p.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C so etcd, the shims and PostgreSQL are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stem, res = run(args)
     with open(stem + ".md") as f:
         print(f.read())

@@ -10,9 +10,10 @@ import os
 import re
 import subprocess
 
-_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
-_PCT = re.compile(r"^\s*([0-9.]+)% in ([0-9.]+) secs", re.M)
-_AVG = re.compile(r"Average:\s+([0-9.]+) secs")
+_NUM = r"([0-9.]+(?:e[-+]?[0-9]+)?)"  # --precise prints e.g. 6.61e-07
+_RATE = re.compile(r"Requests/sec:\s+" + _NUM)
+_PCT = re.compile(r"^\s*([0-9.]+)% in " + _NUM + " secs", re.M)
+_AVG = re.compile(r"Average:\s+" + _NUM + " secs")
 
 
 def parse_report(text: str) -> dict[str, float]:
