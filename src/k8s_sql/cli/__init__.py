@@ -14,6 +14,7 @@ from k8s_sql.cli import init as init_cmd
 from k8s_sql.cli import join as join_cmd
 from k8s_sql.cli import patch_manifest as patch_manifest_cmd
 from k8s_sql.cli import reset as reset_cmd
+from k8s_sql.cli import render as render_cmd
 from k8s_sql.cli import shim as shim_cmd
 from k8s_sql.cli import status as status_cmd
 from k8s_sql.cli.common import err_console
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.add_typer(init_cmd.app)
 app.add_typer(config_cmd.app)
 app.add_typer(patch_manifest_cmd.app)
+app.add_typer(render_cmd.app)
 app.add_typer(shim_cmd.app)
 app.add_typer(status_cmd.app)
 app.add_typer(reset_cmd.app)
