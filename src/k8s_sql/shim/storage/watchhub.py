@@ -202,7 +202,9 @@ class WatchHub:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     delay = 0.2
                     self._wake.set()  # catch up on whatever happened while we were away
-                    async for _ in conn.notifies():
+                    async for n in conn.notifies():
+                        if n.payload.isdigit() and int(n.payload) <= self.position:
+                            continue  # already dispatched (our own commit, announced by poke)
                         self._wake.set()
             except asyncio.CancelledError:
                 raise

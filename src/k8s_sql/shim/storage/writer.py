@@ -104,8 +104,9 @@ class Writer:
                         compact = applier.compact_revision
                         results.append((fut, True, res))
                     if revision != start:
-                        await conn.execute("UPDATE meta SET revision = %s", (revision,), prepare=True)
-                        await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(revision)), prepare=True)
+                        # one round trip for both (a data-modifying CTE runs even when unreferenced)
+                        await conn.execute("WITH m AS (UPDATE meta SET revision = %s) SELECT pg_notify(%s, %s)",
+                                           (revision, NOTIFY_CHANNEL, str(revision)), prepare=True)
         except (psycopg.Error, OSError) as e:
             log.warning("write batch of %d failed: %s", len(batch), e)
             err = UnavailableError(f"datastore unavailable: {str(e).strip().splitlines()[0] if str(e) else type(e).__name__}")
