@@ -230,6 +230,14 @@ class WatchHub:
                 self._wake.set()
 
     async def _fetch(self) -> None:
+        if not self.watchers:  # nobody to deliver to: just move along with the store revision
+            async with self.pool.connection() as conn:
+                revision = (await (await conn.execute("SELECT revision FROM meta", prepare=True)).fetchone())[0]
+            if not self.watchers:  # a watcher added meanwhile needs the events: read them below
+                if revision > self.position:
+                    self.position = revision
+                    self._advanced.set()
+                return
         while True:
             with_prev = any(w.prev_kv for w in self.watchers)
             sql = queries.events_after(None, with_prev, PAGE)
