@@ -69,6 +69,19 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if v else "0"
 
 
+NOTES = """## Notes
+
+- watch-latency is etcd's tools/benchmark definition: time from the put's response to the watch
+  event (etcd often delivers the event before the put returns, hence its µs p50).
+- "watch latency, write via the other shim process": puts through one shim process, the watch
+  on another process on the same database; for etcd, writer and watcher on two connections.
+- k8s run watcher lag: event received minus the write's acknowledgement (0 when earlier); the
+  watcher runs in its own process, writers are 64 concurrent txns over 8 connections.
+- pgbench runs one single-row INSERT (256-byte bytea) per transaction against the same
+  PostgreSQL server, so "shim put / pgbench" is the share of PostgreSQL's ceiling the shim reaches.
+"""
+
+
 @dataclass
 class Results:
     """All figures of one run; ``meta`` is the header (machine, versions, sizes)."""
@@ -132,7 +145,7 @@ class Results:
                          f"{' / '.join(_fmt(x) for x in _stats(self.values['postgres'].get(f.name, [])))} |")
         for name, vals in self.fractions():
             lines.append(f"| {name} | fraction | {' / '.join(_fmt(x) for x in _stats(vals))} |")
-        lines.append("")
+        lines += ["", NOTES]
         with open(path, "w") as fh:
             fh.write("\n".join(lines))
 
@@ -149,6 +162,16 @@ class Results:
             for f in FIGURES:
                 for i, v in enumerate(self.ratios(f.name), 1):
                     w.writerow([f.name, "ratio", "ratio", i, repr(v)])
+
+    @classmethod
+    def from_csv(cls, path: str) -> "Results":
+        """The per-round values back from :meth:`write_csv` (``meta`` stays empty)."""
+        res = cls()
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row["system"] in res.values:
+                    res.add(row["system"], row["figure"], float(row["value"]))
+        return res
 
     def write_chart(self, path: str) -> None:
         """Horizontal bars of the median ratio shim/etcd per figure (log scale), targets marked."""
@@ -174,8 +197,8 @@ class Results:
         for yi, t in zip(y, targets):
             if t:
                 ax.plot([t, t], [yi - 0.4, yi + 0.4], color="black", linewidth=2)
-        for yi, m in zip(y, meds):
-            ax.text(m * 1.08, yi, f"{m:.2f}×", va="center", fontsize=8)
+        for yi, m, h in zip(y, meds, hi):
+            ax.text((m + h) * 1.12, yi, f"{m:.2f}×", va="center", fontsize=8)
         ax.set_yticks(y)
         ax.set_yticklabels(names, fontsize=8)
         ax.set_xscale("log")
