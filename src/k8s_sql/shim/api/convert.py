@@ -130,43 +130,47 @@ def request_op(o: rpc_pb2.RequestOp):
     raise RequestError(ERR_EMPTY_KEY)
 
 
-def _branch_writes(ops) -> tuple[set[bytes], list[tuple[bytes, bytes]]]:
-    """Puts (keys) and deletes (ranges) of one branch, nested txns merged; raises on a
-    duplicate put key within the branch (etcd checkIntervals)."""
+def _intervals(ops) -> tuple[set[bytes], list[tuple[bytes, bytes]]]:
+    """etcd's checkIntervals for one list of ops: returns its puts and deletes (nested txns
+    included) or raises on a key put twice, or put and deleted, where both could apply
+    (a nested txn's then/else branches exclude each other)."""
+    dels = [(o.key, o.range_end) for o in ops if isinstance(o, DeleteOp)]
     puts: set[bytes] = set()
-    dels: list[tuple[bytes, bytes]] = []
+
+    def deleted(k: bytes) -> bool:
+        return any(_covers(k, start, end) for start, end in dels)
+    for o in ops:
+        if not isinstance(o, TxnOp):
+            continue
+        puts_then, dels_then = _intervals(o.success)
+        puts_else, dels_else = _intervals(o.failure)
+        for k in puts_then:
+            if k in puts or deleted(k):
+                raise RequestError(ERR_DUPLICATE_KEY)
+            puts.add(k)
+        for k in puts_else:
+            if (k in puts and k not in puts_then) or deleted(k):
+                raise RequestError(ERR_DUPLICATE_KEY)
+            puts.add(k)
+        dels += dels_then + dels_else
     for o in ops:
         if isinstance(o, PutOp):
-            if o.key in puts:
+            if o.key in puts or deleted(o.key):
                 raise RequestError(ERR_DUPLICATE_KEY)
             puts.add(o.key)
-        elif isinstance(o, DeleteOp):
-            dels.append((o.key, o.range_end))
-        elif isinstance(o, TxnOp):
-            sp, sd = _branch_writes(o.success)
-            fp, fd = _branch_writes(o.failure)
-            for branch_puts in (sp, fp):
-                if puts & branch_puts:
-                    raise RequestError(ERR_DUPLICATE_KEY)
-            puts |= sp | fp
-            dels += sd + fd
     return puts, dels
 
 
 def _covers(key: bytes, start: bytes, end: bytes) -> bool:
+    # etcd's checkIntervals takes range_end literally here (a "\0" end is an empty interval)
     if not end:
         return key == start
-    if end == b"\0":
-        return key >= start
     return start <= key < end
 
 
 def _check_intervals(op: TxnOp) -> None:
-    for branch in (op.success, op.failure):
-        puts, dels = _branch_writes(branch)
-        for start, end in dels:
-            if any(_covers(k, start, end) for k in puts):
-                raise RequestError(ERR_DUPLICATE_KEY)
+    _intervals(op.success)
+    _intervals(op.failure)
 
 
 # --- responses ---

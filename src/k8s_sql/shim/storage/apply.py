@@ -66,6 +66,14 @@ def is_read_only(op) -> bool:
     return False
 
 
+def _has_ignore_put(op) -> bool:
+    if isinstance(op, PutOp):
+        return op.ignore_value or op.ignore_lease
+    if isinstance(op, TxnOp):
+        return any(_has_ignore_put(o) for o in op.success + op.failure)
+    return False
+
+
 class Applier:
     """Applies one request on ``conn`` (inside an open transaction).
 
@@ -111,7 +119,7 @@ class Applier:
             count = (await self._rows(queries.count_rows(op.range_end, historical), params))[0][0]
             return RangeResult(self.view_revision, [], False, count)
         build = queries.historical_rows if historical else queries.current_rows
-        kvs = [queries.kv_from_row(r) for r in await self._rows(build(op.range_end, op.keys_only, sql_limit), params)]
+        kvs = [queries.kv_from_row(r) for r in await self._rows(build(op.range_end, mvcc.skip_values(op), sql_limit), params)]
         if sql_limit and len(kvs) == sql_limit:
             count = (await self._rows(queries.count_rows(op.range_end, historical), params))[0][0]
         else:
@@ -153,6 +161,8 @@ class Applier:
         """etcd KV.Put: new version at :attr:`write_revision`; returns the previous kv if asked."""
         if not checked:
             await self.check_put(op)
+        elif (op.ignore_value or op.ignore_lease) and not await self._kvs(op.key, b""):
+            raise KeyNotFoundError()  # deleted earlier in the same txn (etcd 3.4 crashes here)
         rows = await self._rows(_PUT, {"key": op.key, "value": op.value, "lease": op.lease, "iv": op.ignore_value,
                                        "il": op.ignore_lease, "rev": self.write_revision, "sub": self.changes})
         self.changes += 1
@@ -189,7 +199,15 @@ class Applier:
         if not is_read_only(op):
             await self._check(op, path, puts=True)
         await self._check(op, path, puts=False)
-        result = await self._apply(op, path)
+        if not _has_ignore_put(op):
+            result = await self._apply(op, path)
+        else:  # such a put can still fail after earlier ops wrote: undo them (a savepoint)
+            try:
+                async with self.conn.transaction():
+                    result = await self._apply(op, path)
+            except KeyNotFoundError:
+                self.changes = 0
+                raise
         result.revision = self.view_revision
         return result
 
@@ -233,7 +251,9 @@ class Applier:
 
     async def compact(self, revision: int) -> None:
         """etcd KV.Compact (physical): drop every version superseded at or before ``revision``
-        and the tombstones below it; the state at ``revision`` and all later events stay.
+        and the tombstones up to it (as etcd's keyIndex.compact does, so a watch from
+        ``revision`` sees its puts but not its deletes); the state at ``revision`` and all
+        later events stay.
 
         Raises CompactedError (revision <= compact revision) or FutureRevisionError.
         """
@@ -247,7 +267,7 @@ class Applier:
             "DELETE FROM log l USING log n WHERE n.revision > %(from)s AND n.revision <= %(rev)s "
             "AND n.prev_revision IS NOT NULL AND l.key = n.key AND l.revision = n.prev_revision", params)
         await self.conn.execute(
-            "DELETE FROM log WHERE deleted AND revision >= %(from)s AND revision < %(rev)s", params)
+            "DELETE FROM log WHERE deleted AND revision >= %(from)s AND revision <= %(rev)s", params)
         await self.conn.execute("UPDATE meta SET compact_revision = %(rev)s", params)
         self.compact_revision = revision
 

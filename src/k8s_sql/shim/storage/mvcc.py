@@ -6,6 +6,8 @@ truncate to the limit; applyCompare/compareKV) as documented by etcd's API refer
 
 from __future__ import annotations
 
+import dataclasses
+
 from k8s_sql.shim.storage.base import Compare, KeyValue, RangeOp
 
 # RangeRequest.SortOrder / SortTarget and Compare enums (rpc.proto)
@@ -19,6 +21,12 @@ def needs_full_scan(op: RangeOp) -> bool:
     """True when etcd reads the whole range before limiting (sorting or revision filters)."""
     return bool(op.sort_order != NONE or op.min_mod_revision or op.max_mod_revision
                 or op.min_create_revision or op.max_create_revision)
+
+
+def skip_values(op: RangeOp) -> bool:
+    """True when the values need not be read: keys_only, unless they are sorted by value
+    first (etcd drops the values after sorting)."""
+    return op.keys_only and not (op.sort_target == VALUE and (op.sort_order != NONE or op.sort_target != KEY))
 
 
 def finish_range(op: RangeOp, kvs: list[KeyValue]) -> tuple[list[KeyValue], bool]:
@@ -44,6 +52,8 @@ def finish_range(op: RangeOp, kvs: list[KeyValue]) -> tuple[list[KeyValue], bool
     more = False
     if op.limit > 0 and len(kvs) > op.limit:
         kvs, more = kvs[:op.limit], True
+    if op.keys_only and not skip_values(op):
+        kvs = [dataclasses.replace(kv, value=b"") for kv in kvs]
     return kvs, more
 
 

@@ -150,7 +150,7 @@ class PostgresBackend(Backend):
         full = mvcc.needs_full_scan(op)
         sql_limit = op.limit + 1 if op.limit > 0 and not full else 0
         need_count = op.count_only or sql_limit > 0
-        sql = queries.range_with_meta(op.range_end, historical, op.keys_only, sql_limit, need_count,
+        sql = queries.range_with_meta(op.range_end, historical, mvcc.skip_values(op), sql_limit, need_count,
                                       rows=not op.count_only)
         params = {"key": op.key, "end": op.range_end, "rev": op.revision}
 

@@ -34,7 +34,7 @@ def historical_rows(range_end: bytes, keys_only: bool, limit: int) -> str:
     lim = f" LIMIT {int(limit)}" if limit > 0 else ""
     return (f"SELECT key, {value}, create_revision, mod_revision, version, lease FROM ("
             f"SELECT DISTINCT ON (key) key, value, create_revision, revision AS mod_revision, version, lease, deleted "
-            f"FROM log WHERE {key_predicate(range_end)} AND revision <= %(rev)s ORDER BY key, revision DESC"
+            f"FROM log WHERE {key_predicate(range_end)} AND revision <= %(rev)s ORDER BY key, revision DESC, sub DESC"
             f") h WHERE NOT deleted ORDER BY key{lim}")
 
 
@@ -43,7 +43,7 @@ def count_rows(range_end: bytes, historical: bool) -> str:
     if not historical:
         return f"SELECT count(*) FROM kv WHERE {key_predicate(range_end)}"
     return (f"SELECT count(*) FROM (SELECT DISTINCT ON (key) deleted FROM log WHERE {key_predicate(range_end)} "
-            f"AND revision <= %(rev)s ORDER BY key, revision DESC) h WHERE NOT deleted")
+            f"AND revision <= %(rev)s ORDER BY key, revision DESC, sub DESC) h WHERE NOT deleted")
 
 
 def range_with_meta(range_end: bytes, historical: bool, keys_only: bool, limit: int, count: bool,
@@ -73,7 +73,7 @@ def events_after(range_end: bytes | None, with_prev: bool, limit: int) -> str:
     where = "(l.revision, l.sub) > (%(after)s, %(after_sub)s) AND l.revision <= %(upto)s"
     if range_end is not None:
         where += " AND " + key_predicate(range_end, "l.key")
-    prev = ("LEFT JOIN log p ON p.key = l.key AND p.revision = l.prev_revision" if with_prev
+    prev = ("LEFT JOIN log p ON p.key = l.key AND p.revision = l.prev_revision AND NOT p.deleted" if with_prev
             else "LEFT JOIN log p ON false")
     return (f"SELECT m.compact_revision, m.revision, e.* FROM meta m LEFT JOIN LATERAL ("
             f"SELECT {EVENT_COLUMNS} FROM log l {prev} WHERE {where} ORDER BY l.revision, l.sub LIMIT {int(limit)}"

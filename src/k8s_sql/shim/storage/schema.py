@@ -60,6 +60,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX lease_expires_at ON lease (expires_at);
     """,
+    # 2: a txn may delete a key and put it again at one revision (etcd allows it): the
+    # key's versions are ordered by (revision, sub).
+    """
+    DROP INDEX log_key_revision;
+    CREATE UNIQUE INDEX log_key_revision_sub ON log (key, revision DESC, sub DESC);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
