@@ -251,9 +251,10 @@ class Applier:
 
     async def compact(self, revision: int) -> None:
         """etcd KV.Compact (physical): drop every version superseded at or before ``revision``
-        and the tombstones up to it (as etcd's keyIndex.compact does, so a watch from
-        ``revision`` sees its puts but not its deletes); the state at ``revision`` and all
-        later events stay.
+        and the tombstones below it; the state at ``revision`` and every event from
+        ``revision`` on stay, so a watch from the compact revision sees all of it. (etcd
+        removes tombstones at the compact revision too, but in the background, so whether
+        such a watch sees those deletes depends on timing there.)
 
         Raises CompactedError (revision <= compact revision) or FutureRevisionError.
         """
@@ -267,7 +268,7 @@ class Applier:
             "DELETE FROM log l USING log n WHERE n.revision > %(from)s AND n.revision <= %(rev)s "
             "AND n.prev_revision IS NOT NULL AND l.key = n.key AND l.revision = n.prev_revision", params)
         await self.conn.execute(
-            "DELETE FROM log WHERE deleted AND revision >= %(from)s AND revision <= %(rev)s", params)
+            "DELETE FROM log WHERE deleted AND revision >= %(from)s AND revision < %(rev)s", params)
         await self.conn.execute("UPDATE meta SET compact_revision = %(rev)s", params)
         self.compact_revision = revision
 

@@ -51,10 +51,20 @@ def range_with_meta(range_end: bytes, historical: bool, keys_only: bool, limit: 
     """One statement (so one snapshot) returning meta's revision and compact_revision, the
     total count (or NULL), and the rows: ``revision, compact_revision, count, <KV_COLUMNS>``.
     Without rows, a single row with NULL kv columns comes back."""
-    count_sql = f"({count_rows(range_end, historical)})" if count else "NULL::bigint"
+    if not historical:
+        count_sql = f"({count_rows(range_end, False)})" if count else "NULL::bigint"
+        inner = current_rows(range_end, keys_only, limit) if rows else ""
+    else:
+        # a read at the current revision (kube-apiserver's later list pages) is answered from
+        # kv; only older revisions go through the log. Each branch runs only when chosen.
+        count_sql = (f"CASE WHEN %(rev)s >= m.revision THEN ({count_rows(range_end, False)}) "
+                     f"ELSE ({count_rows(range_end, True)}) END") if count else "NULL::bigint"
+        cur = current_rows(range_end, keys_only, limit).replace(" ORDER BY", " AND %(rev)s >= m.revision ORDER BY", 1)
+        old = historical_rows(range_end, keys_only, limit).replace(" ORDER BY key, revision DESC",
+                                                                  " AND %(rev)s < m.revision ORDER BY key, revision DESC", 1)
+        inner = f"({cur}) UNION ALL ({old})"
     if not rows:
         return f"SELECT m.revision, m.compact_revision, {count_sql} FROM meta m"
-    inner = (historical_rows if historical else current_rows)(range_end, keys_only, limit)
     return (f"SELECT m.revision, m.compact_revision, {count_sql}, r.key, r.value, r.create_revision, "
             f"r.mod_revision, r.version, r.lease FROM meta m LEFT JOIN LATERAL ({inner}) r ON true")
 
