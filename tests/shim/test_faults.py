@@ -1,11 +1,24 @@
-"""Fault tests of the shim (it has no etcd counterpart here): PostgreSQL restarted under
-load, the shim killed with SIGKILL and restarted under load, and two shims on one database.
+"""Fault tests of the shim (etcd v3 API on PostgreSQL) under concurrent load.
 
-The guarantees checked are the client's: during an outage requests fail with UNAVAILABLE
-(never a wrong answer), every acknowledged write is there afterwards, and a watcher that
-re-watches from its last seen revision + 1 after a broken stream gets every event exactly
-once and in order. PostgreSQL restarts use a TempPostgres of their own so the session's
-``pg`` stays up. Nothing is stood in.
+1. PostgreSQL restarted under load (``pg_ctl restart -m fast`` on a TempPostgres of the
+   module's own, so the session's ``pg`` stays up): four writer threads put fresh keys
+   through one shim while a watcher (started before the load) watches the prefix. Requests
+   failing during the outage must fail with UNAVAILABLE only; afterwards every acknowledged
+   put is in a final Range with its value and ``mod_revision`` equal to the put's header
+   revision, the watcher's event revisions strictly increase and include every acknowledged
+   put (same key and value), the shim process is still alive (it reconnected by itself) and
+   puts are acknowledged again after the restart.
+2. The shim killed with SIGKILL and started again under load: writers retry with a new
+   channel on connection errors; a watcher that re-watches from its last seen revision + 1
+   after its stream breaks (as kube-apiserver's reflector does) gets every acknowledged
+   revision exactly once and in order; every acknowledged put is readable afterwards.
+3. Two shims on one database, written to concurrently: a watcher on each sees the identical
+   sequence of (revision, key, value, type), strictly increasing and containing every
+   acknowledged put from either shim; acknowledged revisions are unique across the shims and
+   both report the same header revision for a final Range.
+
+A put that is written once per key: a key's ``mod_revision`` is the revision its put was
+acknowledged with. Real PostgreSQL, real shim processes, gRPC with mTLS; nothing is stood in.
 """
 
 from __future__ import annotations
@@ -20,161 +33,285 @@ import pytest
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 from pgcluster import TempPostgres
 
-PREFIX = b"/registry/faults/"
-END = PREFIX[:-1] + b"0"
+PREFIX = b"/f/"
+END = b"/f0"
+
+
+def _code(e: Exception) -> str:
+    return e.code().name if isinstance(e, grpc.RpcError) and hasattr(e, "code") else type(e).__name__
 
 
 class Writer(threading.Thread):
-    """Puts PREFIX+<n> one after another until stopped; keeps (key, revision) of each
-    acknowledged put and the gRPC codes of failed ones (then retries the same key)."""
+    """Puts ``/f/<tag>/<i>`` (value ``<tag>-<i>``), each key once, until stopped. Keeps every
+    acknowledged put as (key, value, revision, monotonic time of the ack) and the code of
+    every failed one; after a failure it opens a new channel and goes on with the next key
+    (a failed put may still have been applied, so its key is never reused)."""
 
-    def __init__(self, channel_factory, tag: bytes):
-        super().__init__(daemon=True)
-        self.channel_factory, self.tag = channel_factory, tag
-        self.acked: list[tuple[bytes, int]] = []
-        self.errors: list[str] = []
+    def __init__(self, channel_factory, tag: str, call_timeout: float = 10.0):
+        super().__init__(daemon=True, name=f"writer-{tag}")
+        self.channel_factory, self.tag, self.call_timeout = channel_factory, tag, call_timeout
+        self.acked: list[tuple[bytes, bytes, int, float]] = []
+        self.errors: list[tuple[str, str]] = []  # (code, details)
         self.stop_ = threading.Event()
 
     def run(self):
         channel = self.channel_factory()
         kv = rpc_pb2_grpc.KVStub(channel)
-        n = 0
-        while not self.stop_.is_set():
-            key = PREFIX + self.tag + b"%05d" % n
-            try:
-                rev = kv.Put(rpc_pb2.PutRequest(key=key, value=b"v"), timeout=10).header.revision
-            except grpc.RpcError as e:
-                self.errors.append(e.code().name)
-                time.sleep(0.1)
-                continue
-            self.acked.append((key, rev))
-            n += 1
-        channel.close()
+        i = 0
+        try:
+            while not self.stop_.is_set():
+                key, value = b"%s%s/%06d" % (PREFIX, self.tag.encode(), i), b"%s-%d" % (self.tag.encode(), i)
+                i += 1
+                try:
+                    rev = kv.Put(rpc_pb2.PutRequest(key=key, value=value), timeout=self.call_timeout).header.revision
+                except Exception as e:  # noqa: BLE001 - every failure is recorded and judged by the test
+                    details = e.details() if isinstance(e, grpc.RpcError) and hasattr(e, "details") else repr(e)
+                    self.errors.append((_code(e), str(details)))
+                    channel.close()
+                    time.sleep(0.05)
+                    channel = self.channel_factory()
+                    kv = rpc_pb2_grpc.KVStub(channel)
+                    continue
+                self.acked.append((key, value, rev, time.monotonic()))
+        finally:
+            channel.close()
 
 
 class Watcher(threading.Thread):
-    """Watches PREFIX from ``start``; when the stream breaks, re-watches from the last seen
-    revision + 1 (as kube-apiserver's reflector does). Stops once ``until`` is seen."""
+    """Watches PREFIX from ``start``. Each event is kept as (mod_revision, key, value, type).
+    When the stream breaks it re-watches from the last seen revision + 1 on a new channel
+    (``resume``) or stops. ``wait_for(rev)`` blocks until an event at >= rev was seen."""
 
-    def __init__(self, channel_factory, start: int):
-        super().__init__(daemon=True)
-        self.channel_factory, self.next = channel_factory, start
-        self.events: list[tuple[int, bytes]] = []  # (mod_revision, key)
-        self.until = None
-        self.breaks = 0
+    def __init__(self, channel_factory, start: int, resume: bool = True):
+        super().__init__(daemon=True, name="watcher")
+        self.channel_factory, self.next_rev, self.resume = channel_factory, start, resume
+        self.events: list[tuple[int, bytes, bytes, int]] = []
+        self.breaks: list[str] = []       # codes of broken streams
+        self.cancels: list[str] = []      # server-side cancels (compaction, ...)
+        self.created = threading.Event()
+        self.cond = threading.Condition()
+        self.stop_ = threading.Event()
+        self._call = None
 
     def run(self):
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.until is not None and self.next > self.until:
-                return
+        while not self.stop_.is_set():
             channel = self.channel_factory()
             requests: queue.Queue = queue.Queue()
             requests.put(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
-                key=PREFIX, range_end=END, start_revision=self.next)))
-            stream = rpc_pb2_grpc.WatchStub(channel).Watch(iter(requests.get, None), timeout=5)
+                key=PREFIX, range_end=END, start_revision=self.next_rev)))
+            self._call = call = rpc_pb2_grpc.WatchStub(channel).Watch(iter(requests.get, None))
             try:
-                for resp in stream:
-                    for e in resp.events:
-                        self.events.append((e.kv.mod_revision, e.kv.key))
-                        self.next = e.kv.mod_revision + 1
-                    if self.until is not None and self.next > self.until:
+                for resp in call:
+                    if resp.created:
+                        self.created.set()
+                    if resp.canceled:
+                        self.cancels.append(f"compact_revision={resp.compact_revision} {resp.cancel_reason}")
                         break
-            except grpc.RpcError:
-                self.breaks += 1
-                time.sleep(0.2)
+                    with self.cond:
+                        for e in resp.events:
+                            self.events.append((e.kv.mod_revision, e.kv.key, e.kv.value, e.type))
+                            self.next_rev = e.kv.mod_revision + 1
+                        self.cond.notify_all()
+                else:
+                    self.breaks.append("END")
+            except grpc.RpcError as e:
+                if not self.stop_.is_set():
+                    self.breaks.append(_code(e))
             finally:
                 requests.put(None)
-                stream.cancel()
+                call.cancel()
                 channel.close()
+            if self.cancels or not self.resume:
+                return
+            self.stop_.wait(0.1)
+
+    def wait_for(self, rev: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.next_rev <= rev:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.cancels or not self.is_alive():
+                    return False
+                self.cond.wait(min(left, 0.2))
+        return True
+
+    def close(self):
+        self.stop_.set()
+        if self._call is not None:
+            self._call.cancel()
+        self.join(5)
 
 
-def check(writers, watcher, kv):
-    """Every acknowledged write is readable and was watched exactly once, in order."""
+def current_revision(channel_factory) -> int:
+    ch = channel_factory()
+    try:
+        return rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/nothing"), timeout=10).header.revision
+    finally:
+        ch.close()
+
+
+def final_range(channel_factory) -> rpc_pb2.RangeResponse:
+    ch = channel_factory()
+    try:
+        return rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=PREFIX, range_end=END), timeout=10)
+    finally:
+        ch.close()
+
+
+def stop_writers(writers) -> None:
     for w in writers:
-        assert set(w.errors) <= {"UNAVAILABLE"}, w.errors
-    acked = {key: rev for w in writers for key, rev in w.acked}
-    stored = {k.key: k.mod_revision for k in kv.Range(
-        rpc_pb2.RangeRequest(key=PREFIX, range_end=END), timeout=10).kvs}
-    assert {k: stored.get(k) for k in acked} == acked
-    revs = [r for r, _ in watcher.events]
-    assert revs == sorted(set(revs)), "events duplicated or out of order"
-    seen = dict((k, r) for r, k in watcher.events)
-    assert {k: seen.get(k) for k in acked} == acked
-
-
-def run_load(channel_factory, fault, writers=2):
-    kv = rpc_pb2_grpc.KVStub(channel_factory())
-    base = kv.Put(rpc_pb2.PutRequest(key=b"/registry/start", value=b"")).header.revision
-    ws = [Writer(channel_factory, b"w%d-" % i) for i in range(writers)]
-    watcher = Watcher(channel_factory, base + 1)
-    for t in [watcher, *ws]:
-        t.start()
-    time.sleep(1.0)
-    fault()
-    time.sleep(1.5)
-    for w in ws:
         w.stop_.set()
+    for w in writers:
         w.join(30)
-    watcher.until = max(rev for w in ws for _, rev in w.acked)
-    watcher.join(130)
-    assert not watcher.is_alive(), "watcher did not catch up"
-    check(ws, watcher, kv)
-    return ws, watcher
+        assert not w.is_alive(), f"{w.name} hung"
+
+
+def check_acked(writers, watcher, rng) -> dict[int, tuple[bytes, bytes]]:
+    """The common checks: acked revisions unique; every acked put in ``rng`` (value and
+    mod_revision) and in the watcher's events (same key and value), whose revisions strictly
+    increase. Returns {revision: (key, value)} of the acknowledged puts."""
+    acked = [(key, value, rev) for w in writers for key, value, rev, _ in w.acked]
+    by_rev = {rev: (key, value) for key, value, rev in acked}
+    assert len(by_rev) == len(acked), "two acknowledged puts got the same revision"
+    for w in writers:
+        revs = [rev for _, _, rev, _ in w.acked]
+        assert revs == sorted(revs), f"{w.name}: revisions of its sequential puts went backwards"
+    stored = {kv.key: (kv.value, kv.mod_revision) for kv in rng.kvs}
+    missing = [(k, v, r, stored.get(k)) for k, v, r in acked if stored.get(k) != (v, r)]
+    assert not missing, f"{len(missing)} acknowledged puts not stored as acknowledged, e.g. {missing[:5]}"
+    revs = [ev[0] for ev in watcher.events]
+    bad = [(a, b) for a, b in zip(revs, revs[1:]) if b <= a]
+    assert not bad, f"watch events not strictly increasing (duplicated/reordered): {bad[:10]}"
+    seen = {ev[0]: (ev[1], ev[2]) for ev in watcher.events if ev[3] == 0}  # type 0: PUT
+    unseen = [(r, kv) for r, kv in sorted(by_rev.items()) if seen.get(r) != kv]
+    assert not unseen, f"{len(unseen)} acknowledged puts not watched as such, e.g. {unseen[:5]}"
+    return by_rev
+
+
+@pytest.fixture(scope="module")
+def own_pg():
+    """A PostgreSQL of this module's own: the test restarts it."""
+    cluster = TempPostgres().init().start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_postgres_restarted_under_load(own_pg, shim_factory):
+    shim = shim_factory(datastore=own_pg.create_database("faults_restart"))
+    watcher = Watcher(shim.channel, current_revision(shim.channel) + 1)
+    writers = [Writer(shim.channel, f"w{i}") for i in range(4)]
+    try:
+        watcher.start()
+        assert watcher.created.wait(10), "watch not created"
+        t0 = time.monotonic()
+        for w in writers:
+            w.start()
+        time.sleep(2.0)
+        before = sum(len(w.acked) for w in writers)
+        own_pg.restart()
+        restarted = time.monotonic()
+        # ~6 s of load in all, at least 2 s after the restart, until puts are acknowledged again
+        while time.monotonic() < max(t0 + 6.0, restarted + 2.0) or (
+                not any(t > restarted for w in writers for *_, t in w.acked) and time.monotonic() < restarted + 20):
+            time.sleep(0.1)
+        stop_writers(writers)
+
+        errors = [e for w in writers for e in w.errors]
+        assert all(code == "UNAVAILABLE" for code, _ in errors), f"non-UNAVAILABLE failures: {errors[:10]}"
+        after = sum(1 for w in writers for *_, t in w.acked if t > restarted)
+        assert before > 0 and after > 0, f"puts acknowledged before/after the restart: {before}/{after}"
+        assert shim.proc.poll() is None, "the shim exited:\n" + "\n".join(shim.log[-30:])
+
+        last = max(rev for w in writers for _, _, rev, _ in w.acked)
+        assert watcher.wait_for(last, 20), (
+            f"watcher stuck at {watcher.next_rev - 1} < {last}; breaks {watcher.breaks}, cancels {watcher.cancels}")
+        check_acked(writers, watcher, final_range(shim.channel))
+        assert not watcher.cancels, watcher.cancels
+    finally:
+        for w in writers:
+            w.stop_.set()
+        watcher.close()
 
 
 def test_shim_killed_and_restarted_under_load(shim_factory):
     shim = shim_factory()
-
-    def fault():
+    watcher = Watcher(shim.channel, current_revision(shim.channel) + 1)
+    writers = [Writer(shim.channel, f"k{i}", call_timeout=5.0) for i in range(4)]
+    try:
+        watcher.start()
+        assert watcher.created.wait(10), "watch not created"
+        for w in writers:
+            w.start()
+        time.sleep(1.5)
+        before = sum(len(w.acked) for w in writers)
         shim.kill()
-        time.sleep(0.5)
+        killed_at = max((rev for w in writers for _, _, rev, _ in w.acked), default=0)
+        time.sleep(0.3)
         shim.start()
+        restarted = time.monotonic()
+        deadline = restarted + 20
+        while time.monotonic() < restarted + 2.0 or (
+                not any(t > restarted for w in writers for *_, t in w.acked) and time.monotonic() < deadline):
+            time.sleep(0.1)
+        stop_writers(writers)
 
-    ws, watcher = run_load(shim.channel, fault)
-    assert watcher.breaks >= 1  # the stream really broke and was resumed
-    assert any(w.errors for w in ws)
+        after = sum(1 for w in writers for *_, t in w.acked if t > restarted)
+        assert before > 0 and after > 0, f"puts acknowledged before/after the restart: {before}/{after}"
+        assert any(w.errors for w in writers), "no writer noticed the kill"
+        errors = {code for w in writers for code, _ in w.errors}
+        assert errors <= {"UNAVAILABLE"}, [e for w in writers for e in w.errors if e[0] != "UNAVAILABLE"][:10]
 
-
-@pytest.fixture
-def own_pg():
-    server = TempPostgres().init().start()
-    yield server
-    server.destroy()
-
-
-def test_postgres_restarted_under_load(own_pg, shim_factory):
-    shim = shim_factory(datastore=own_pg.create_database("faults"))
-
-    def fault():
-        own_pg.stop("fast")
-        time.sleep(1.0)
-        own_pg.start()
-
-    ws, watcher = run_load(shim.channel, fault)
-    assert any(w.errors for w in ws)  # the outage was seen, and only as UNAVAILABLE (check())
+        last = max(rev for w in writers for _, _, rev, _ in w.acked)
+        assert last > killed_at
+        assert watcher.wait_for(last, 20), (
+            f"watcher stuck at {watcher.next_rev - 1} < {last}; breaks {watcher.breaks}, cancels {watcher.cancels}")
+        assert watcher.breaks, "the watch stream survived a SIGKILL of its server?"
+        check_acked(writers, watcher, final_range(shim.channel))
+        assert not watcher.cancels, watcher.cancels
+    finally:
+        for w in writers:
+            w.stop_.set()
+        watcher.close()
 
 
 def test_two_shims_on_one_database(shim_factory):
-    first = shim_factory()
-    second = shim_factory(datastore=first.datastore)
-    kv1, kv2 = rpc_pb2_grpc.KVStub(first.channel()), rpc_pb2_grpc.KVStub(second.channel())
-    base = kv1.Put(rpc_pb2.PutRequest(key=b"/registry/start", value=b"")).header.revision
-    ws = [Writer(first.channel, b"a-"), Writer(second.channel, b"b-")]
-    watchers = [Watcher(first.channel, base + 1), Watcher(second.channel, base + 1)]
-    for t in [*watchers, *ws]:
-        t.start()
-    time.sleep(2.0)
-    for w in ws:
-        w.stop_.set()
-        w.join(30)
-    last = max(rev for w in ws for _, rev in w.acked)
-    for watcher in watchers:
-        watcher.until = last
-    for watcher in watchers:
-        watcher.join(130)
-        check(ws, watcher, kv1)
-    assert watchers[0].events == watchers[1].events  # same history, same revisions on both
-    assert kv1.Range(rpc_pb2.RangeRequest(key=b"x")).header.revision == \
-        kv2.Range(rpc_pb2.RangeRequest(key=b"x")).header.revision
-    assert all(w.acked for w in ws)
+    a = shim_factory()
+    b = shim_factory(datastore=a.datastore)
+    start = current_revision(a.channel) + 1
+    watchers = [Watcher(a.channel, start, resume=False), Watcher(b.channel, start, resume=False)]
+    writers = [Writer(s.channel, f"{s_name}{i}") for s, s_name in ((a, "a"), (b, "b")) for i in range(2)]
+    try:
+        for wt in watchers:
+            wt.start()
+            assert wt.created.wait(10), "watch not created"
+        for w in writers:
+            w.start()
+        time.sleep(3.0)
+        stop_writers(writers)
+        assert all(w.acked for w in writers), [(w.name, len(w.acked)) for w in writers]
+        errors = [e for w in writers for e in w.errors]
+        assert not errors, errors[:10]
+
+        last = max(rev for w in writers for _, _, rev, _ in w.acked)
+        ranges = [final_range(a.channel), final_range(b.channel)]
+        assert ranges[0].header.revision == ranges[1].header.revision, \
+            [r.header.revision for r in ranges]
+        assert ranges[0].header.revision >= last
+        assert {(k.key, k.value, k.mod_revision) for k in ranges[0].kvs} == \
+            {(k.key, k.value, k.mod_revision) for k in ranges[1].kvs}
+        for name, wt in zip("ab", watchers):
+            assert wt.wait_for(last, 20), (
+                f"watcher on {name} stuck at {wt.next_rev - 1} < {last}; breaks {wt.breaks}, cancels {wt.cancels}")
+        for wt in watchers:
+            check_acked(writers, wt, ranges[0])
+        time.sleep(0.3)  # anything a watcher would add after `last` is not in the comparison
+        cut = [[ev for ev in wt.events if ev[0] <= last] for wt in watchers]
+        assert cut[0] == cut[1], "the two shims' watchers saw different histories"
+        assert not any(wt.breaks or wt.cancels for wt in watchers), [(wt.breaks, wt.cancels) for wt in watchers]
+    finally:
+        for w in writers:
+            w.stop_.set()
+        for wt in watchers:
+            wt.close()
