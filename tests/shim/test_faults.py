@@ -1,24 +1,32 @@
 """Fault tests of the shim (etcd v3 API on PostgreSQL) under concurrent load.
 
-1. PostgreSQL restarted under load (``pg_ctl restart -m fast`` on a TempPostgres of the
-   module's own, so the session's ``pg`` stays up): four writer threads put fresh keys
-   through one shim while a watcher (started before the load) watches the prefix. Requests
-   failing during the outage must fail with UNAVAILABLE only; afterwards every acknowledged
-   put is in a final Range with its value and ``mod_revision`` equal to the put's header
-   revision, the watcher's event revisions strictly increase and include every acknowledged
-   put (same key and value), the shim process is still alive (it reconnected by itself) and
-   puts are acknowledged again after the restart.
-2. The shim killed with SIGKILL and started again under load: writers retry with a new
-   channel on connection errors; a watcher that re-watches from its last seen revision + 1
-   after its stream breaks (as kube-apiserver's reflector does) gets every acknowledged
-   revision exactly once and in order; every acknowledged put is readable afterwards.
-3. Two shims on one database, written to concurrently: a watcher on each sees the identical
-   sequence of (revision, key, value, type), strictly increasing and containing every
-   acknowledged put from either shim; acknowledged revisions are unique across the shims and
-   both report the same header revision for a final Range.
+1. PostgreSQL restarted under load, on a TempPostgres of the module's own so the session's
+   ``pg`` stays up: ``pg_ctl restart -m fast`` (a fraction of a second), and stopped for 2 s
+   then started. Four writer threads put fresh keys through one shim, a reader reads back
+   the latest acknowledged puts, and a watcher (started before the load) watches the prefix.
+   Requests caught by the outage wait for PostgreSQL or fail with UNAVAILABLE, nothing else
+   (no other code, no hang past the call deadline, no wrong answer). Afterwards every
+   acknowledged put is in a final Range with its value and ``mod_revision`` equal to the
+   put's header revision, the watcher's event revisions strictly increase and include every
+   acknowledged put (same key and value), the shim process is still alive (it reconnected
+   by itself) and puts are acknowledged again after the outage.
+2. The shim killed with SIGKILL and started again under load: writers and the reader retry
+   with a new channel on connection errors (UNAVAILABLE only); a watcher that re-watches from
+   its last seen revision + 1 after its stream breaks (as kube-apiserver's reflector does)
+   gets every acknowledged revision exactly once and in order; every acknowledged put is
+   readable afterwards.
+3. Two shims on one database, written to concurrently: a put acknowledged by one shim is
+   read back at once through the other (header revision not behind any acknowledged put); a
+   watcher on each shim sees the identical sequence of (revision, key, value, type), strictly
+   increasing and containing every acknowledged put from either shim; acknowledged revisions
+   are unique across the shims; both report the same header revision and contents for a
+   final Range.
 
-A put that is written once per key: a key's ``mod_revision`` is the revision its put was
-acknowledged with. Real PostgreSQL, real shim processes, gRPC with mTLS; nothing is stood in.
+Each key is put once, so its ``mod_revision`` is the revision its put was acknowledged with
+(a put that failed may still have been applied; its key is not reused). Reads are the
+default linearizable ones. Real PostgreSQL, real shim processes, gRPC with mTLS; nothing is
+stood in. With -s each test prints a line of counts (acked, failed by code, slowest put,
+watch breaks).
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ class Writer(threading.Thread):
         self.channel_factory, self.tag, self.call_timeout = channel_factory, tag, call_timeout
         self.acked: list[tuple[bytes, bytes, int, float]] = []
         self.errors: list[tuple[str, str]] = []  # (code, details)
+        self.slowest = 0.0  # seconds, of any put
         self.stop_ = threading.Event()
 
     def run(self):
@@ -62,9 +71,11 @@ class Writer(threading.Thread):
             while not self.stop_.is_set():
                 key, value = b"%s%s/%06d" % (PREFIX, self.tag.encode(), i), b"%s-%d" % (self.tag.encode(), i)
                 i += 1
+                sent = time.monotonic()
                 try:
                     rev = kv.Put(rpc_pb2.PutRequest(key=key, value=value), timeout=self.call_timeout).header.revision
                 except Exception as e:  # noqa: BLE001 - every failure is recorded and judged by the test
+                    self.slowest = max(self.slowest, time.monotonic() - sent)
                     details = e.details() if isinstance(e, grpc.RpcError) and hasattr(e, "details") else repr(e)
                     self.errors.append((_code(e), str(details)))
                     channel.close()
@@ -73,6 +84,53 @@ class Writer(threading.Thread):
                     kv = rpc_pb2_grpc.KVStub(channel)
                     continue
                 self.acked.append((key, value, rev, time.monotonic()))
+                self.slowest = max(self.slowest, self.acked[-1][3] - sent)
+        finally:
+            channel.close()
+
+
+class Reader(threading.Thread):
+    """Reads back, one after another, the latest acknowledged put of each writer in turn
+    (a linearizable Range of its key): the value and mod_revision must be the put's, and the
+    header revision at least every revision acknowledged before the read was sent. Keeps the
+    codes of failed reads and every wrong answer."""
+
+    def __init__(self, channel_factory, writers, call_timeout: float = 10.0):
+        super().__init__(daemon=True, name="reader")
+        self.channel_factory, self.writers, self.call_timeout = channel_factory, writers, call_timeout
+        self.reads = 0
+        self.errors: list[tuple[str, str]] = []
+        self.wrong: list[str] = []
+        self.stop_ = threading.Event()
+
+    def run(self):
+        channel = self.channel_factory()
+        kv = rpc_pb2_grpc.KVStub(channel)
+        n = 0
+        try:
+            while not self.stop_.is_set():
+                w = self.writers[n % len(self.writers)]
+                n += 1
+                floor = max((wr.acked[-1][2] for wr in self.writers if wr.acked), default=0)
+                if not w.acked:
+                    time.sleep(0.01)
+                    continue
+                key, value, rev, _ = w.acked[-1]
+                try:
+                    r = kv.Range(rpc_pb2.RangeRequest(key=key), timeout=self.call_timeout)
+                except Exception as e:  # noqa: BLE001
+                    details = e.details() if isinstance(e, grpc.RpcError) and hasattr(e, "details") else repr(e)
+                    self.errors.append((_code(e), str(details)))
+                    channel.close()
+                    time.sleep(0.05)
+                    channel = self.channel_factory()
+                    kv = rpc_pb2_grpc.KVStub(channel)
+                    continue
+                self.reads += 1
+                got = [(k.key, k.value, k.mod_revision) for k in r.kvs]
+                if got != [(key, value, rev)] or r.header.revision < floor:
+                    self.wrong.append(f"Range({key!r}) after put at {rev}, acked up to {floor}: "
+                                      f"header {r.header.revision}, kvs {got}")
         finally:
             channel.close()
 
@@ -158,12 +216,30 @@ def final_range(channel_factory) -> rpc_pb2.RangeResponse:
         ch.close()
 
 
-def stop_writers(writers) -> None:
-    for w in writers:
-        w.stop_.set()
-    for w in writers:
-        w.join(30)
-        assert not w.is_alive(), f"{w.name} hung"
+def stop_threads(threads) -> None:
+    for t in threads:
+        t.stop_.set()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive(), f"{t.name} hung"
+
+
+def codes(errors) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for code, _ in errors:
+        out[code] = out.get(code, 0) + 1
+    return out
+
+
+def summary(name, writers, readers, watchers) -> None:
+    """One line of what happened (shown by pytest with a failure, or with -s)."""
+    print(f"{name}: puts acked {sum(len(w.acked) for w in writers)}, "
+          f"failed {codes(e for w in writers for e in w.errors)}, "
+          f"slowest {max((w.slowest for w in writers), default=0):.2f} s; "
+          f"reads {sum(r.reads for r in readers)}, failed {codes(e for r in readers for e in r.errors)}, "
+          f"wrong {sum(len(r.wrong) for r in readers)}; "
+          + "; ".join(f"watcher {len(wt.events)} events, breaks {wt.breaks}, cancels {wt.cancels}"
+                      for wt in watchers))
 
 
 def check_acked(writers, watcher, rng) -> dict[int, tuple[bytes, bytes]]:
@@ -188,9 +264,20 @@ def check_acked(writers, watcher, rng) -> dict[int, tuple[bytes, bytes]]:
     return by_rev
 
 
+def acked_since(writers, t: float) -> int:
+    return sum(1 for w in writers for *_, at in w.acked if at > t)
+
+
+def run_until_acked_again(writers, since: float, at_least: float, at_most: float = 20.0) -> None:
+    """Keep the load on until ``at_least`` (monotonic) and until a put was acknowledged after
+    ``since`` (or ``since + at_most``)."""
+    while time.monotonic() < at_least or (not acked_since(writers, since) and time.monotonic() < since + at_most):
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def own_pg():
-    """A PostgreSQL of this module's own: the test restarts it."""
+    """A PostgreSQL of this module's own: the tests restart and stop it."""
     cluster = TempPostgres().init().start()
     try:
         yield cluster
@@ -198,30 +285,42 @@ def own_pg():
         cluster.destroy()
 
 
-def test_postgres_restarted_under_load(own_pg, shim_factory):
-    shim = shim_factory(datastore=own_pg.create_database("faults_restart"))
+@pytest.mark.parametrize("outage", ["restart", "stopped-2s"])
+def test_postgres_restarted_under_load(own_pg, shim_factory, outage):
+    """``restart``: pg_ctl restart -m fast (a fraction of a second). ``stopped-2s``: stopped
+    for 2 s, so requests arrive while nothing listens: they wait for a connection from the
+    shim's pool or fail with UNAVAILABLE, and the shim comes back by itself."""
+    shim = shim_factory(datastore=own_pg.create_database(f"faults_{outage.replace('-', '_')}"))
     watcher = Watcher(shim.channel, current_revision(shim.channel) + 1)
-    writers = [Writer(shim.channel, f"w{i}") for i in range(4)]
+    writers = [Writer(shim.channel, f"w{i}", call_timeout=10.0) for i in range(4)]
+    readers = [Reader(shim.channel, writers, call_timeout=10.0)]
     try:
         watcher.start()
         assert watcher.created.wait(10), "watch not created"
         t0 = time.monotonic()
-        for w in writers:
-            w.start()
+        for t in writers + readers:
+            t.start()
         time.sleep(2.0)
-        before = sum(len(w.acked) for w in writers)
-        own_pg.restart()
-        restarted = time.monotonic()
-        # ~6 s of load in all, at least 2 s after the restart, until puts are acknowledged again
-        while time.monotonic() < max(t0 + 6.0, restarted + 2.0) or (
-                not any(t > restarted for w in writers for *_, t in w.acked) and time.monotonic() < restarted + 20):
-            time.sleep(0.1)
-        stop_writers(writers)
+        down = time.monotonic()
+        before = acked_since(writers, 0)
+        if outage == "restart":
+            own_pg.restart()
+        else:
+            own_pg.stop("fast")
+            time.sleep(2.0)
+            own_pg.start()
+        up = time.monotonic()
+        run_until_acked_again(writers, up, at_least=max(t0 + 6.0, up + 2.0))
+        stop_threads(writers + readers)
+        print(f"PostgreSQL {outage}: down {up - down:.2f} s")
 
-        errors = [e for w in writers for e in w.errors]
+        errors = [e for t in writers + readers for e in t.errors]
         assert all(code == "UNAVAILABLE" for code, _ in errors), f"non-UNAVAILABLE failures: {errors[:10]}"
-        after = sum(1 for w in writers for *_, t in w.acked if t > restarted)
-        assert before > 0 and after > 0, f"puts acknowledged before/after the restart: {before}/{after}"
+        assert not readers[0].wrong, readers[0].wrong[:5]
+        after = acked_since(writers, up)
+        assert before > 0 and after > 0, f"puts acknowledged before/after the outage: {before}/{after}"
+        if outage != "restart":
+            assert errors or max(w.slowest for w in writers) > 1.0, "a 2 s outage went unnoticed?"
         assert shim.proc.poll() is None, "the shim exited:\n" + "\n".join(shim.log[-30:])
 
         last = max(rev for w in writers for _, _, rev, _ in w.acked)
@@ -230,38 +329,38 @@ def test_postgres_restarted_under_load(own_pg, shim_factory):
         check_acked(writers, watcher, final_range(shim.channel))
         assert not watcher.cancels, watcher.cancels
     finally:
-        for w in writers:
-            w.stop_.set()
+        for t in writers + readers:
+            t.stop_.set()
         watcher.close()
+        summary(f"PostgreSQL {outage}", writers, readers, [watcher])
 
 
 def test_shim_killed_and_restarted_under_load(shim_factory):
     shim = shim_factory()
     watcher = Watcher(shim.channel, current_revision(shim.channel) + 1)
     writers = [Writer(shim.channel, f"k{i}", call_timeout=5.0) for i in range(4)]
+    readers = [Reader(shim.channel, writers, call_timeout=5.0)]
     try:
         watcher.start()
         assert watcher.created.wait(10), "watch not created"
-        for w in writers:
-            w.start()
+        for t in writers + readers:
+            t.start()
         time.sleep(1.5)
-        before = sum(len(w.acked) for w in writers)
+        before = acked_since(writers, 0)
         shim.kill()
         killed_at = max((rev for w in writers for _, _, rev, _ in w.acked), default=0)
         time.sleep(0.3)
         shim.start()
-        restarted = time.monotonic()
-        deadline = restarted + 20
-        while time.monotonic() < restarted + 2.0 or (
-                not any(t > restarted for w in writers for *_, t in w.acked) and time.monotonic() < deadline):
-            time.sleep(0.1)
-        stop_writers(writers)
+        up = time.monotonic()
+        run_until_acked_again(writers, up, at_least=up + 2.0)
+        stop_threads(writers + readers)
 
-        after = sum(1 for w in writers for *_, t in w.acked if t > restarted)
+        after = acked_since(writers, up)
         assert before > 0 and after > 0, f"puts acknowledged before/after the restart: {before}/{after}"
         assert any(w.errors for w in writers), "no writer noticed the kill"
-        errors = {code for w in writers for code, _ in w.errors}
-        assert errors <= {"UNAVAILABLE"}, [e for w in writers for e in w.errors if e[0] != "UNAVAILABLE"][:10]
+        errors = [e for t in writers + readers for e in t.errors]
+        assert all(code == "UNAVAILABLE" for code, _ in errors), f"non-UNAVAILABLE failures: {errors[:10]}"
+        assert not readers[0].wrong, readers[0].wrong[:5]
 
         last = max(rev for w in writers for _, _, rev, _ in w.acked)
         assert last > killed_at
@@ -271,47 +370,52 @@ def test_shim_killed_and_restarted_under_load(shim_factory):
         check_acked(writers, watcher, final_range(shim.channel))
         assert not watcher.cancels, watcher.cancels
     finally:
-        for w in writers:
-            w.stop_.set()
+        for t in writers + readers:
+            t.stop_.set()
         watcher.close()
+        summary("shim SIGKILL", writers, readers, [watcher])
 
 
 def test_two_shims_on_one_database(shim_factory):
+    """Also: a put acknowledged by one shim is read back at once through the other (each
+    reader takes the latest acknowledged put of every writer, both shims', in turn)."""
     a = shim_factory()
     b = shim_factory(datastore=a.datastore)
     start = current_revision(a.channel) + 1
     watchers = [Watcher(a.channel, start, resume=False), Watcher(b.channel, start, resume=False)]
-    writers = [Writer(s.channel, f"{s_name}{i}") for s, s_name in ((a, "a"), (b, "b")) for i in range(2)]
+    writers = [Writer(s.channel, f"{name}{i}") for s, name in ((a, "a"), (b, "b")) for i in range(2)]
+    readers = [Reader(a.channel, writers), Reader(b.channel, writers)]
     try:
         for wt in watchers:
             wt.start()
             assert wt.created.wait(10), "watch not created"
-        for w in writers:
-            w.start()
+        for t in writers + readers:
+            t.start()
         time.sleep(3.0)
-        stop_writers(writers)
+        stop_threads(writers + readers)
         assert all(w.acked for w in writers), [(w.name, len(w.acked)) for w in writers]
-        errors = [e for w in writers for e in w.errors]
+        errors = [e for t in writers + readers for e in t.errors]
         assert not errors, errors[:10]
+        wrong = [x for r in readers for x in r.wrong]
+        assert not wrong, f"{len(wrong)} stale or wrong reads, e.g. {wrong[:5]}"
 
         last = max(rev for w in writers for _, _, rev, _ in w.acked)
         ranges = [final_range(a.channel), final_range(b.channel)]
-        assert ranges[0].header.revision == ranges[1].header.revision, \
-            [r.header.revision for r in ranges]
+        assert ranges[0].header.revision == ranges[1].header.revision, [r.header.revision for r in ranges]
         assert ranges[0].header.revision >= last
-        assert {(k.key, k.value, k.mod_revision) for k in ranges[0].kvs} == \
-            {(k.key, k.value, k.mod_revision) for k in ranges[1].kvs}
+        assert [(k.key, k.value, k.mod_revision) for k in ranges[0].kvs] == \
+            [(k.key, k.value, k.mod_revision) for k in ranges[1].kvs]
         for name, wt in zip("ab", watchers):
             assert wt.wait_for(last, 20), (
                 f"watcher on {name} stuck at {wt.next_rev - 1} < {last}; breaks {wt.breaks}, cancels {wt.cancels}")
         for wt in watchers:
             check_acked(writers, wt, ranges[0])
-        time.sleep(0.3)  # anything a watcher would add after `last` is not in the comparison
         cut = [[ev for ev in wt.events if ev[0] <= last] for wt in watchers]
         assert cut[0] == cut[1], "the two shims' watchers saw different histories"
         assert not any(wt.breaks or wt.cancels for wt in watchers), [(wt.breaks, wt.cancels) for wt in watchers]
     finally:
-        for w in writers:
-            w.stop_.set()
+        for t in writers + readers:
+            t.stop_.set()
         for wt in watchers:
             wt.close()
+        summary("two shims", writers, readers, watchers)
