@@ -1,9 +1,10 @@
 """Fault tests of the shim (etcd v3 API on PostgreSQL) under concurrent load.
 
-1. PostgreSQL restarted under load, on a TempPostgres of the module's own so the session's
-   ``pg`` stays up: ``pg_ctl restart -m fast`` (a fraction of a second), and stopped for 2 s
-   then started. Four writer threads put fresh keys through one shim, a reader reads back
-   the latest acknowledged puts, and a watcher (started before the load) watches the prefix.
+1. PostgreSQL faults under load, on a TempPostgres of the module's own so the session's
+   ``pg`` stays up: ``pg_ctl restart -m fast`` (a fraction of a second); stopped for 2 s
+   then started; every backend of the shim's database terminated. Four writer threads put
+   fresh keys through one shim, a reader reads back the latest acknowledged puts, and a
+   watcher (started before the load) watches the prefix.
    Requests caught by the outage wait for PostgreSQL or fail with UNAVAILABLE, nothing else
    (no other code, no hang past the call deadline, no wrong answer). Afterwards every
    acknowledged put is in a final Range with its value and ``mod_revision`` equal to the
@@ -285,12 +286,15 @@ def own_pg():
         cluster.destroy()
 
 
-@pytest.mark.parametrize("outage", ["restart", "stopped-2s"])
+@pytest.mark.parametrize("outage", ["restart", "stopped-2s", "backends-terminated"])
 def test_postgres_restarted_under_load(own_pg, shim_factory, outage):
     """``restart``: pg_ctl restart -m fast (a fraction of a second). ``stopped-2s``: stopped
     for 2 s, so requests arrive while nothing listens: they wait for a connection from the
-    shim's pool or fail with UNAVAILABLE, and the shim comes back by itself."""
-    shim = shim_factory(datastore=own_pg.create_database(f"faults_{outage.replace('-', '_')}"))
+    shim's pool or fail with UNAVAILABLE, and the shim comes back by itself.
+    ``backends-terminated``: pg_terminate_backend on every connection of the shim's database
+    (pool, writer, LISTEN), as a dropped network would, while PostgreSQL stays up."""
+    db = f"faults_{outage.replace('-', '_')}"
+    shim = shim_factory(datastore=own_pg.create_database(db))
     watcher = Watcher(shim.channel, current_revision(shim.channel) + 1)
     writers = [Writer(shim.channel, f"w{i}", call_timeout=10.0) for i in range(4)]
     readers = [Reader(shim.channel, writers, call_timeout=10.0)]
@@ -305,6 +309,10 @@ def test_postgres_restarted_under_load(own_pg, shim_factory, outage):
         before = acked_since(writers, 0)
         if outage == "restart":
             own_pg.restart()
+        elif outage == "backends-terminated":  # every connection of the shim, LISTEN included
+            killed = own_pg.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                 f"WHERE datname = '{db}' AND pid <> pg_backend_pid()")
+            assert int(killed) >= 2, killed
         else:
             own_pg.stop("fast")
             time.sleep(2.0)
