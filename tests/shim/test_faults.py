@@ -22,6 +22,9 @@
    increasing and containing every acknowledged put from either shim; acknowledged revisions
    are unique across the shims; both report the same header revision and contents for a
    final Range.
+4. One of two shims on a database killed with SIGKILL and started again: the other serves
+   on without a single failure, and the restarted shim's re-watching watcher catches up with
+   every put, including those acknowledged by the other shim while it was down.
 
 Each key is put once, so its ``mod_revision`` is the revision its put was acknowledged with
 (a put that failed may still have been applied; its key is not reused). Reads are the
@@ -239,8 +242,8 @@ def summary(name, writers, readers, watchers) -> None:
           f"slowest {max((w.slowest for w in writers), default=0):.2f} s; "
           f"reads {sum(r.reads for r in readers)}, failed {codes(e for r in readers for e in r.errors)}, "
           f"wrong {sum(len(r.wrong) for r in readers)}; "
-          + "; ".join(f"watcher {len(wt.events)} events, breaks {wt.breaks}, cancels {wt.cancels}"
-                      for wt in watchers))
+          + "; ".join(f"watcher {len(wt.events)} events, breaks {codes((c, '') for c in wt.breaks)}, "
+                      f"cancels {wt.cancels}" for wt in watchers))
 
 
 def check_acked(writers, watcher, rng) -> dict[int, tuple[bytes, bytes]]:
@@ -427,3 +430,46 @@ def test_two_shims_on_one_database(shim_factory):
         for wt in watchers:
             wt.close()
         summary("two shims", writers, readers, watchers)
+
+
+def test_one_of_two_shims_killed(shim_factory):
+    """Shim a is killed with SIGKILL and started again while writers go on through both: the
+    writers on b never fail, and a's re-watching watcher catches up with everything, including
+    what b acknowledged while a was down."""
+    a = shim_factory()
+    b = shim_factory(datastore=a.datastore)
+    watcher = Watcher(a.channel, current_revision(a.channel) + 1)
+    on_a = [Writer(a.channel, "a0", call_timeout=5.0)]
+    on_b = [Writer(b.channel, f"b{i}", call_timeout=5.0) for i in range(2)]
+    writers = on_a + on_b
+    readers = [Reader(b.channel, writers, call_timeout=5.0)]
+    try:
+        watcher.start()
+        assert watcher.created.wait(10), "watch not created"
+        for t in writers + readers:
+            t.start()
+        time.sleep(1.0)
+        a.kill()
+        down = time.monotonic()
+        time.sleep(0.5)
+        a.start()
+        up = time.monotonic()
+        run_until_acked_again(on_a, up, at_least=up + 1.5)
+        stop_threads(writers + readers)
+
+        assert not [e for t in on_b + readers for e in t.errors], "shim b failed while a was down"
+        assert not readers[0].wrong, readers[0].wrong[:5]
+        assert acked_since(on_b, down) - acked_since(on_b, up) > 0, "nothing written through b while a was down"
+        assert acked_since(on_a, up) > 0
+        assert all(code == "UNAVAILABLE" for w in on_a for code, _ in w.errors), on_a[0].errors[:10]
+        last = max(rev for w in writers for _, _, rev, _ in w.acked)
+        assert watcher.wait_for(last, 20), (
+            f"watcher stuck at {watcher.next_rev - 1} < {last}; breaks {watcher.breaks}, cancels {watcher.cancels}")
+        assert watcher.breaks
+        check_acked(writers, watcher, final_range(a.channel))
+        assert not watcher.cancels, watcher.cancels
+    finally:
+        for t in writers + readers:
+            t.stop_.set()
+        watcher.close()
+        summary("one of two shims SIGKILL", writers, readers, [watcher])
