@@ -29,6 +29,9 @@ from k8s_sql.shim.storage.writer import Writer
 
 log = logging.getLogger(__name__)
 
+#: Seconds a request waits for a PostgreSQL connection before failing with UNAVAILABLE
+#: (during an outage requests queue this long, then clients get a clear error, not a hang).
+POOL_WAIT = 5.0
 #: etcd's largest lease TTL in seconds (lease.MaxLeaseTTL).
 MAX_LEASE_TTL = 9_000_000_000
 #: etcd's minimum lease TTL with default election settings: ceil(1.5 * 1000 ms * 1.5 / 1000).
@@ -53,7 +56,8 @@ class PostgresBackend(Backend):
     def __init__(self, conninfo: str = "", pool_size: int = 8, lease_check_interval: float = 0.5):
         self.conninfo = conninfo
         self.pool = AsyncConnectionPool(conninfo, min_size=2, max_size=max(pool_size, 3), open=False,
-                                        kwargs={"autocommit": True}, name="k8s-sql")
+                                        kwargs={"autocommit": True}, name="k8s-sql",
+                                        timeout=POOL_WAIT)
         self.writer = Writer(self.pool, on_commit=self._committed)
         self.hub = WatchHub(self.pool, conninfo)
         self.lease_check_interval = lease_check_interval
