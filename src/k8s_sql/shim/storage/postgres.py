@@ -24,7 +24,7 @@ from k8s_sql.shim.storage.base import (
     Backend, CompactedError, DeleteOp, DeleteResult, FutureRevisionError, LeaseExistsError, LeaseNotFoundError,
     PutOp, PutResult, RangeOp, RangeResult, StorageError, TxnOp, TxnResult, UnavailableError)
 from k8s_sql.shim.storage.schema import migrate
-from k8s_sql.shim.storage.watchhub import WatchHub
+from k8s_sql.shim.storage.watchhub import WatchHub, cancel_tasks
 from k8s_sql.shim.storage.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -89,13 +89,7 @@ class PostgresBackend(Backend):
 
     async def close(self) -> None:
         """Stop background tasks and close every connection."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_tasks(self._tasks)
         await self.hub.close()
         await self.writer.close()
         await self.pool.close()

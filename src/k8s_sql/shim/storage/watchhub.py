@@ -52,6 +52,17 @@ class Watcher(Protocol):
         """The watcher fell behind compaction: cancel it with ``compact_revision``."""
 
 
+async def cancel_tasks(tasks: list[asyncio.Task]) -> None:
+    """Cancel background tasks and wait until they are gone (their errors are moot now)."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        try:
+            await t
+        except (asyncio.CancelledError, Exception):
+            pass
+
+
 def in_range(key: bytes, start: bytes, range_end: bytes) -> bool:
     """etcd's interval test for (key, range_end)."""
     if not range_end:
@@ -115,13 +126,7 @@ class WatchHub:
 
     async def close(self) -> None:
         """Stop the hub's tasks."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_tasks(self._tasks)
 
     def poke(self, revision: int | None = None) -> None:
         """Wake the tail now (called by this process's writer after a commit)."""
