@@ -39,6 +39,10 @@ def test_every_field_has_a_default():
     ("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\nkubernetes:\n  version: banana\n", ":4", ["version"]),
     ("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\nshim:\n  port: many\n", ":4", ["port"]),
     ("apiVersion: k8s-sql.io/v9\nkind: Cluster\n", ":1", ["apiVersion"]),
+    ("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\npostgres:\n  clientAddresses: [192.0.2.11, cp2]\n", ":4",
+     ["postgres.clientAddresses", "'cp2'", "10.0.0.0/24"]),
+    ("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\npostgres:\n  clientAddresses: 192.0.2.11\n", ":4",
+     ["clientAddresses must be a list"]),
     ("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\nshim: [\n", "", ["YAML"]),
 ])
 def test_invalid_file_names_file_line_and_hint(tmp_path, text, where, words):
@@ -51,6 +55,16 @@ def test_invalid_file_names_file_line_and_hint(tmp_path, text, where, words):
     for w in words:
         assert w in err
     assert "Traceback" not in r.stderr
+
+
+def test_client_addresses_are_a_list_of_addresses_or_networks():
+    cfg = config.load("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n"
+                      "postgres: {clientAddresses: [192.0.2.11, '2001:db8::/64', 10.0.0.0/24]}\n")
+    assert cfg.postgres.client_addresses == ["192.0.2.11", "2001:db8::/64", "10.0.0.0/24"]
+    assert [config.client_network(a) for a in cfg.postgres.client_addresses] == \
+        ["192.0.2.11/32", "2001:db8::/64", "10.0.0.0/24"]
+    assert config.client_network("10.0.0.5/24") is None  # host bits set
+    assert "clientAddresses: []" in config.dump(config.load(None))
 
 
 def test_flags_override_the_file(tmp_path):

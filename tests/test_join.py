@@ -4,26 +4,45 @@ kubeadm cannot run here: a stand-in ``kubeadm`` shell script (first on PATH loca
 through sshd's SetEnv, in the SSH sessions) logs its arguments, prints a join command for
 ``token create --print-join-command``, a certificate key for ``init phase upload-certs``,
 and on ``join`` writes kubelet.conf as kubeadm does. The prereqs phase is skipped (it
-would install packages on this machine; it has its own tests).
+would install packages on this machine; it has its own tests), and so is the shim phase
+(it builds an image with a container runtime).
+
+The control-plane join is real on the datastore side: the first node is this machine with
+its own throwaway PostgreSQL (it gets reconfigured and restarted, so not the session's),
+set up by ``init phase pki`` and ``init phase postgres``; the joining node is the same
+machine over SSH with its files in another directory. Its shim is started from the
+command line in the sidecar patch join wrote, and must reach the first node's PostgreSQL
+over TCP at the first node's (non-loopback) address with verify-full.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
+import psycopg
 import pytest
 from rich.console import Console
 
 from k8s_sql.cli.common import make_context
-from k8s_sql.cli.join import Join
-from k8s_sql.config import Cluster
+from k8s_sql.config import Cluster, load_file
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.host import LocalHost
-from k8s_sql.phases.runner import run_phases
+from k8s_sql.join import CONTROL_PLANE_PKI, Join, run_join
+from k8s_sql.kubeadm import sidecar
+from k8s_sql.kubeadm.node import source_address
+from k8s_sql.kubeadm.yamlio import load as load_yaml
 from k8s_sql.remote import open_host
+from pgcluster import TempPostgres, free_port
 from sshd import Sshd
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim"))
+from etcd_server import ETCDCTL  # noqa: E402
 
 TOKEN = "abcdef.0123456789abcdef"
 CA_HASH = "sha256:" + "ab" * 32
@@ -105,44 +124,186 @@ def test_worker_join_over_ssh_with_a_fresh_token(env, tmp_path):
     assert len(log(env)) == 2
 
 
-def test_control_plane_join_copies_the_shim_pki_and_patches(env, tmp_path, monkeypatch):
-    """The first node is a LocalHost rooted in a scratch dir (its files differ from the
-    joining node's); the joining node is reached over SSH."""
-    reset_node(env)
-    monkeypatch.setenv("PATH", f"{env['bin']}:{os.environ['PATH']}")
-    cfg = config(env)
-    first = tmp_path / "first"
-    cp = LocalHost(root=str(first))
-    cp.write_text(cfg.paths.kubeconfig, "kind: Config\n", mode=0o600)
-    cp.write_text(f"{cfg.paths.pki_dir}/ca.crt", "CA\n", mode=0o644)
-    cp.write_text(f"{cfg.paths.pki_dir}/shim-server.key", "KEY\n", mode=0o600, owner="65532", group="65532")
-    cp.write_text(f"{cfg.paths.patches_dir}/kube-apiserver+strategic.yaml", "spec: {}\n", mode=0o600)
-    target = open_host("root@127.0.0.1", port=env["sshd"].port, key_file=env["sshd"].client_key,
-                       known_hosts=env["sshd"].known_hosts)
-    ctx = make_context(cfg, host=target)
-    ctx.console = Console(file=open(os.devnull, "w"))
-    run_phases([Join(cp, control_plane=True)], ctx)
-
-    local = LocalHost()
-    key = local.stat(f"{cfg.paths.pki_dir}/shim-server.key")
-    assert (key.mode, key.owner, key.group) == (0o600, "65532", "65532")
-    assert local.read_text(f"{cfg.paths.pki_dir}/shim-server.key") == "KEY\n"
-    assert local.read_text(f"{cfg.paths.patches_dir}/kube-apiserver+strategic.yaml") == "spec: {}\n"
-    assert log(env) == ["token create --print-join-command --ttl 15m", "init phase upload-certs --upload-certs",
-                        f"join 192.0.2.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {CA_HASH} "
-                        f"--control-plane --certificate-key {CERT_KEY} --patches {cfg.paths.patches_dir}"]
-    target.close()
-
-
 def test_first_node_not_initialised(env, tmp_path):
     cfg = config(env)
     cfg.paths.kubeconfig = str(tmp_path / "missing/admin.conf")
     ctx = make_context(cfg, host=LocalHost(root=str(tmp_path / "joining")))
     with pytest.raises(K8sSqlError, match="not initialised") as e:
-        Join(LocalHost(root=str(tmp_path / "first")), control_plane=False).plan(ctx)
+        Join(make_context(cfg, host=LocalHost(root=str(tmp_path / "first"))), control_plane=False).plan(ctx)
     assert "k8s-sql init" in e.value.hint
 
 
 def test_join_needs_a_remote_side():
     r = subprocess.run([sys.executable, "-m", "k8s_sql", "join", "--dry-run"], capture_output=True, text=True)
     assert r.returncode == 2 and "--control-plane-host" in r.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--apiserver-advertise-address", "192.0.2.12"], "add --control-plane"),
+    (["--control-plane", "--apiserver-advertise-address", "cp2"], "'cp2' is not an IP address"),
+])
+def test_join_usage_errors(args, words):
+    r = subprocess.run([sys.executable, "-m", "k8s_sql", "join", "--host", "root@192.0.2.12", "--dry-run", *args],
+                       capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"})
+    assert r.returncode == 2 and words in " ".join(r.stderr.split()), r.stderr
+
+
+# --- a further control-plane node -------------------------------------------------------
+
+def node_config(path, base, pgc, shim_port, metrics_port, kubeconfig) -> str:
+    """A configuration file whose paths are all under ``base``."""
+    with open(path, "w") as f:
+        f.write("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\nnode: {name: cp1}\n"
+                f"paths: {{pkiDir: {base}/pki, backupDir: {base}/backup, patchesDir: {base}/patches, "
+                f"kubeadmConfig: {base}/kubeadm.yaml, postgresClients: {base}/postgres-clients, "
+                f"kubeconfig: {kubeconfig}}}\n"
+                f"postgres: {{configDir: {pgc.config_dir}, dataDir: {pgc.data_dir}, socketDir: {pgc.socket_dir}, "
+                f"port: {pgc.port}, version: '{pgc.major}'}}\n"
+                f"shim: {{port: {shim_port}, metricsPort: {metrics_port}}}\n")
+    return str(path)
+
+
+def quiet(ctx, sink):
+    ctx.console = Console(file=sink, width=250)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def cp_node(env):
+    """The first control-plane node: this machine, its own PostgreSQL configured by
+    ``init phase pki`` and ``init phase postgres``, files in a 0755 temp dir (postgres must
+    reach its key), an admin.conf; and the joining node's configuration (files under the
+    ssh fixture's node directory, where the stand-in kubeadm writes kubelet.conf)."""
+    address = source_address(LocalHost(), "1.1.1.1")
+    if not address or address.startswith("127."):
+        pytest.skip("needs a non-loopback address (a default route) to stand for the first node's address")
+    pgc = TempPostgres().init().start()
+    base = tempfile.mkdtemp(prefix="k8s-sql-cp1-")
+    os.chmod(base, 0o755)
+    admin = os.path.join(base, "admin.conf")
+    with open(admin, "w") as f:
+        f.write("kind: Config\n")
+    ports = (free_port(), free_port())
+    first = node_config(os.path.join(base, "first.yaml"), base, pgc, *ports, admin)
+    second = node_config(env["base"] / "second.yaml", env["node"] / "k8s-sql", pgc, *ports,
+                         env["node"] / "kubernetes/admin.conf")
+    for phase in ("pki", "postgres"):
+        r = subprocess.run([sys.executable, "-m", "k8s_sql", "init", "phase", phase, "-c", first],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+    yield {"pgc": pgc, "base": base, "first": first, "second": second, "address": address}
+    pgc.destroy()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def contexts(env, cp_node, sink, dry_run=False):
+    target = open_host("root@127.0.0.1", port=env["sshd"].port, key_file=env["sshd"].client_key,
+                       known_hosts=env["sshd"].known_hosts)
+    cp = quiet(make_context(load_file(cp_node["first"]), dry_run=dry_run, host=LocalHost()), sink)
+    return cp, quiet(make_context(load_file(cp_node["second"]), dry_run=dry_run, host=target), sink), target
+
+
+def hba_lines(pgc) -> list[str]:
+    return [ln.split() for ln in open(os.path.join(pgc.config_dir, "pg_hba.conf")) if ln.startswith("hostssl")]
+
+
+def test_control_plane_dry_run_changes_nothing(env, cp_node, monkeypatch):
+    reset_node(env)
+    monkeypatch.setenv("PATH", f"{env['bin']}:{os.environ['PATH']}")
+    pgc, addr = cp_node["pgc"], cp_node["address"]
+    hba_before = open(os.path.join(pgc.config_dir, "pg_hba.conf")).read()
+    sink = io.StringIO()
+    cp, node, target = contexts(env, cp_node, sink, dry_run=True)
+    try:
+        run_join(cp, node, control_plane=True, skip=frozenset({"prereqs", "shim"}))
+    finally:
+        target.close()
+    out = sink.getvalue()
+    assert f"+{addr}  # control-plane node 127.0.0.1" in out
+    assert f"+hostssl   kubernetes k8s_sql {addr}/32 cert" in out
+    assert "would restart PostgreSQL" in out and f"listen_addresses = '127.0.0.1,::1,{addr}'" in out
+    assert f"--datastore=postgresql://k8s_sql@{addr}:{pgc.port}/kubernetes?sslmode=verify-full" in out
+    assert "would kubeadm join as a control-plane node" in out
+    assert out.count("nothing was changed") == 1
+    assert open(os.path.join(pgc.config_dir, "pg_hba.conf")).read() == hba_before
+    assert not os.path.exists(os.path.join(cp_node["base"], "postgres-clients"))
+    assert not (env["node"] / "k8s-sql").exists() and log(env) == []
+
+
+def test_control_plane_join_runs_its_own_shim_against_the_first_nodes_postgresql(env, cp_node, monkeypatch):
+    reset_node(env)
+    monkeypatch.setenv("PATH", f"{env['bin']}:{os.environ['PATH']}")
+    pgc, addr = cp_node["pgc"], cp_node["address"]
+    first_pki = os.path.join(cp_node["base"], "pki")
+    probe = (f"host={addr} port={pgc.port} dbname=kubernetes user=k8s_sql sslmode=verify-full "
+             f"sslrootcert={first_pki}/ca.crt sslcert={first_pki}/shim-postgres-client.crt "
+             f"sslkey={first_pki}/shim-postgres-client.key connect_timeout=5")
+    with pytest.raises(psycopg.OperationalError):  # loopback only so far
+        psycopg.connect(probe).close()
+
+    sink = io.StringIO()
+    cp, node, target = contexts(env, cp_node, sink)
+    try:
+        run_join(cp, node, control_plane=True, skip=frozenset({"prereqs", "shim"}),
+                 apiserver_advertise_address="192.0.2.12")
+    finally:
+        target.close()
+    out = sink.getvalue()
+
+    # the first node: the address listed, a pg_hba line for it, PostgreSQL listening on it
+    assert open(os.path.join(cp_node["base"], "postgres-clients")).read().splitlines()[-1] == \
+        f"{addr}  # control-plane node 127.0.0.1"
+    assert ["hostssl", "kubernetes", "k8s_sql", f"{addr}/32", "cert"] in hba_lines(pgc)
+    assert addr in pgc.psql("SHOW listen_addresses").split(",")
+    # the joining node: only the certificates its shim and kube-apiserver need, modes and owners kept
+    pki = env["node"] / "k8s-sql/pki"
+    assert sorted(os.listdir(pki)) == sorted(CONTROL_PLANE_PKI)
+    local = LocalHost()
+    for name in CONTROL_PLANE_PKI:
+        a, b = local.stat(os.path.join(first_pki, name)), local.stat(str(pki / name))
+        assert (b.mode, b.owner, b.group) == (a.mode, a.owner, a.group), name
+    assert local.stat(str(pki / "shim-server.key")).mode == 0o600
+    assert "reached: TLSv1.3 as role k8s_sql" in out
+    assert log(env)[-1] == (f"join 192.0.2.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {CA_HASH} "
+                            f"--control-plane --certificate-key {CERT_KEY} --apiserver-advertise-address 192.0.2.12 "
+                            f"--patches {env['node'] / 'k8s-sql/patches'}")
+    assert TOKEN not in out and CERT_KEY not in out
+
+    # the joining node's shim, started with the sidecar's own command line, serves etcdctl
+    patch_file = env["node"] / "k8s-sql/patches" / sidecar.PATCH_FILE
+    pod = load_yaml(patch_file.read_text(), str(patch_file))
+    shim = next(c for c in pod["spec"]["containers"] if c["name"] == sidecar.CONTAINER_NAME)
+    assert f"--datastore=postgresql://k8s_sql@{addr}:{pgc.port}/kubernetes?sslmode=verify-full" in " ".join(shim["args"])
+    proc = subprocess.Popen([sys.executable, "-m", "k8s_sql", *shim["args"]], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        cfg = load_file(cp_node["second"])
+        etcdctl = [ETCDCTL, "--endpoints", f"https://127.0.0.1:{cfg.shim.port}", "--cacert", str(pki / "ca.crt"),
+                   "--cert", str(pki / "apiserver-shim-client.crt"), "--key", str(pki / "apiserver-shim-client.key"),
+                   "--dial-timeout", "2s", "--command-timeout", "10s"]
+        run = lambda *a: subprocess.run([*etcdctl, *a], capture_output=True, text=True, timeout=30,  # noqa: E731
+                                        env={**os.environ, "ETCDCTL_API": "3"})
+        deadline = time.monotonic() + 30
+        while run("put", "/registry/ns/cp2", "joined").returncode != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+            time.sleep(0.5)
+        assert run("get", "/registry/ns/cp2", "--print-value-only").stdout.strip() == "joined"
+        rows = pgc.psql("SELECT a.client_addr, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+                        "WHERE a.usename = 'k8s_sql' AND a.datname = 'kubernetes'").splitlines()
+        assert f"{addr}|t" in rows, rows
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    # again: nothing to do on either node; a later `init phase postgres` keeps the joined node
+    sink = io.StringIO()
+    cp, node, target = contexts(env, cp_node, sink)
+    try:
+        assert run_join(cp, node, control_plane=True, skip=frozenset({"prereqs", "shim"})) == 0
+    finally:
+        target.close()
+    assert "already part of a cluster" in sink.getvalue()
+    r = subprocess.run([sys.executable, "-m", "k8s_sql", "init", "phase", "postgres", "-c", cp_node["first"]],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "up to date" in r.stdout, r.stdout + r.stderr
+    assert ["hostssl", "kubernetes", "k8s_sql", f"{addr}/32", "cert"] in hba_lines(pgc)

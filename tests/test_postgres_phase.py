@@ -17,7 +17,9 @@ import psycopg
 import pytest
 
 from k8s_sql.config import load
-from k8s_sql.pg import hba
+from k8s_sql.errors import ConfigError
+from k8s_sql.host import LocalHost
+from k8s_sql.pg import clients, hba
 from k8s_sql.pg.conf import has_include_dir, listen_addresses_for
 from pgcluster import TempPostgres
 
@@ -192,6 +194,27 @@ def test_snippet_helpers():
     assert has_include_dir("include_dir = 'conf.d'\n") and not has_include_dir("#include_dir = 'conf.d'\n")
     assert listen_addresses_for("localhost") is None and listen_addresses_for("*") is None
     assert listen_addresses_for("10.0.0.5") == "10.0.0.5,127.0.0.1,::1"
+    # a further control-plane node connects to the advertise address
+    assert listen_addresses_for("localhost", ["192.0.2.10"]) == "localhost,192.0.2.10"
+    assert listen_addresses_for("0.0.0.0", ["192.0.2.10"]) == "0.0.0.0,::1"  # 0.0.0.0 covers IPv4
+    assert listen_addresses_for("localhost,192.0.2.10", ["192.0.2.10"]) is None
+    assert "hostssl   kubernetes k8s_sql 192.0.2.11/32 cert\nhostnossl" in hba.render_block(cfg, ["192.0.2.11/32"])
+
+
+def test_client_list_file(tmp_path):
+    """``paths.postgresClients``: join appends to it; a bad line is an error with file:line."""
+    assert clients.add(None, "192.0.2.11", "control-plane node cp2").endswith("192.0.2.11  # control-plane node cp2\n")
+    text = clients.add(None, "192.0.2.11", "cp2")
+    assert clients.add(text, "192.0.2.11", "again") is None
+    assert clients.parse(clients.add(text, "2001:db8::5", "cp3"), "f") == ["192.0.2.11/32", "2001:db8::5/128"]
+    with pytest.raises(ConfigError) as e:
+        clients.parse("# ok\n192.0.2.11\ncp3.example\n", "node:/etc/k8s-sql/postgres-clients")
+    assert e.value.where == "node:/etc/k8s-sql/postgres-clients:3" and "'cp3.example'" in str(e.value)
+    f = tmp_path / "clients"
+    f.write_text(text)
+    cfg = load(f"apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\npaths: {{postgresClients: {f}}}\n"
+               "postgres: {clientAddresses: [10.0.0.0/24, 192.0.2.11]}\n")
+    assert clients.networks(LocalHost(), cfg) == ["10.0.0.0/24", "192.0.2.11/32"]
 
 
 def test_debian_cluster_found_with_pg_lsclusters_and_down():

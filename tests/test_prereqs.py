@@ -205,3 +205,18 @@ def test_external_postgres_installs_only_the_client(tmp_path):
                 "--dry-run")
     assert r.exit_code == 0, r.output
     assert "cri-o=1.34.* postgresql-client\n" in r.output and " postgresql\n" not in r.output
+
+
+def test_joining_nodes_get_no_postgresql_server():
+    """A worker needs no PostgreSQL at all, a further control-plane node only psql (its
+    shim uses the first node's server; join checks the login with psql)."""
+    from k8s_sql.config import load
+    from k8s_sql.osinfo import detect
+    from k8s_sql.phases.prereqs import wanted_packages
+
+    cfg, osi = load(None), detect(OS_RELEASES["debian-12"][0])
+    assert "postgresql" in wanted_packages(cfg, osi)[0]
+    worker = wanted_packages(cfg, osi, "none")[0]
+    assert not [p for p in worker if p.startswith("postgresql")] and "kubelet" in worker
+    cp = wanted_packages(cfg, osi, "client")[0]
+    assert [p for p in cp if p.startswith("postgresql")] == ["postgresql-client"]

@@ -70,6 +70,17 @@ def test_render_writes_everything_into_out_and_nothing_else(tmp_path):
     assert tree(out) == files
 
 
+def test_render_with_client_addresses(tmp_path):
+    """postgres.clientAddresses: a pg_hba line each, and PostgreSQL also listens on the
+    node's address (the one in the server certificate)."""
+    out, cfg = tmp_path / "out", tmp_path / "cluster.yaml"
+    cfg.write_text("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\npostgres: {clientAddresses: [192.0.2.11]}\n")
+    r = render(out, "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert "hostssl   kubernetes k8s_sql 192.0.2.11/32 cert" in (out / "postgresql/pg_hba.k8s-sql.conf").read_text()
+    assert "listen_addresses = 'localhost,192.0.2.10'" in (out / "postgresql/conf.d/k8s-sql.conf").read_text()
+
+
 def test_render_refuses_a_broken_ca(tmp_path):
     out = tmp_path / "out"
     assert render(out).returncode == 0

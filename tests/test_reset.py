@@ -64,7 +64,8 @@ def node(pgc):
     etc = tmp_path / "etc"
     paths = {"kubeadmConfig": etc / "k8s-sql/kubeadm.yaml", "patchesDir": etc / "k8s-sql/patches",
              "pkiDir": etc / "kubernetes/pki/k8s-sql", "manifestsDir": etc / "kubernetes/manifests",
-             "backupDir": tmp_path / "backup", "kubeconfig": etc / "kubernetes/admin.conf"}
+             "backupDir": tmp_path / "backup", "kubeconfig": etc / "kubernetes/admin.conf",
+             "postgresClients": etc / "k8s-sql/postgres-clients"}
     cfg = tmp_path / "cluster.yaml"
     cfg.write_text(
         "apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n"
@@ -169,6 +170,16 @@ def test_reset_then_init_equals_one_init(node, pgc):
     assert 'DROP DATABASE "kubernetes" WITH (FORCE)' in r.stdout and 'DROP ROLE "k8s_sql"' in r.stdout
     assert pgc.psql("SELECT count(*) FROM pg_database WHERE datname = 'kubernetes'") == "0"
     assert pgc.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'k8s_sql'") == "0"
+
+
+def test_reset_removes_the_list_of_joined_control_plane_nodes(node, pgc):
+    """``join --control-plane`` wrote ``paths.postgresClients`` on this node; after reset
+    a new init must not let those addresses in again."""
+    init(node, pgc)
+    node["paths"]["postgresClients"].write_text("192.0.2.11  # control-plane node cp2\n")
+    r = k8s_sql(node, "reset", "-c", node["cfg"], "--yes")
+    assert f"remove {node['paths']['postgresClients']}" in r.stdout
+    assert not node["paths"]["postgresClients"].exists()
 
 
 def test_reset_without_a_terminal_needs_yes(node, pgc):

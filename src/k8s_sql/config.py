@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import io
+import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
@@ -63,6 +64,9 @@ class PathsSpec:
     manifests_dir: str = "/etc/kubernetes/manifests"
     backup_dir: str = "/var/lib/k8s-sql/backup"
     kubeconfig: str = "/etc/kubernetes/admin.conf"
+    #: Addresses of further control-plane nodes whose shims reach the local PostgreSQL,
+    #: one per line; ``k8s-sql join --control-plane`` adds to it (see postgres.clientAddresses).
+    postgres_clients: str = "/etc/k8s-sql/postgres-clients"
 
 
 @dataclass
@@ -88,6 +92,10 @@ class PostgresSpec:
     database: str = "kubernetes"
     #: The shim's login role; also the CN of its client certificate.
     role: str = "k8s_sql"
+    #: Addresses or networks (``192.0.2.11``, ``10.0.0.0/24``) besides loopback from which
+    #: the role may log in (a ``hostssl … cert`` line each). When any is set, PostgreSQL
+    #: also listens on the node's advertise address. ``paths.postgresClients`` adds more.
+    client_addresses: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -149,6 +157,10 @@ class Cluster:
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.postgres.database):
             raise _invalid("postgres.database", f"postgres.database {self.postgres.database!r} is not a plain "
                            "PostgreSQL identifier", "use lower-case letters, digits and _")
+        for addr in self.postgres.client_addresses:
+            if client_network(addr) is None:
+                raise _invalid("postgres.clientAddresses", f"postgres.clientAddresses: {addr!r} is not an IP address "
+                               "or network", "use addresses like 192.0.2.11 or networks like 10.0.0.0/24")
 
     @property
     def kubernetes_minor(self) -> int:
@@ -162,6 +174,16 @@ class Cluster:
         if self.shim.kind == "kine":
             return self.shim.kine_image
         return self.shim.image or f"localhost/k8s-sql-shim:{__version__}"
+
+
+def client_network(value: str) -> str | None:
+    """``value`` (an IPv4/IPv6 address or network) as a pg_hba address in CIDR form
+    (``192.0.2.11`` -> ``192.0.2.11/32``), or ``None`` when it is neither. Host bits set
+    in a network (``10.0.0.5/24``) make it invalid, as PostgreSQL would warn."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=True))
+    except ValueError:
+        return None
 
 
 def _invalid(field_path: str, what: str, hint: str) -> ConfigError:
@@ -223,6 +245,11 @@ def _build(cls: type, data: Any, path: str, source: str) -> Any:
 
 
 def _coerce(typ: Any, value: Any, dotted: str, where: str) -> Any:
+    if get_origin(typ) is list:
+        if isinstance(value, list):
+            return [_coerce(get_args(typ)[0], v, f"{dotted}[{i}]", where) for i, v in enumerate(value)]
+        raise ConfigError(f"{dotted} must be a list, got {value!r}", where=where,
+                          hint=f"write it as a YAML list, e.g. {dotted.rsplit('.', 1)[-1]}: [a, b]")
     if typ is bool:
         if isinstance(value, bool):
             return value

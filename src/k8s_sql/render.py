@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import posixpath
 
-from k8s_sql.config import Cluster
+from k8s_sql.config import Cluster, client_network
 from k8s_sql.host import LocalHost
+from k8s_sql.kubeadm.node import advertise_address
 from k8s_sql.pg import conf as pgconf
 from k8s_sql.pg import hba, roles
 from k8s_sql.phases.base import Context, WriteFile, file_change
@@ -49,15 +50,18 @@ class _AnyOwner(str):
     __hash__ = str.__hash__
 
 
-def pg_snippets(cfg: Cluster) -> dict[str, str]:
-    """File name -> content of the PostgreSQL snippets (pure)."""
+def pg_snippets(cfg: Cluster, advertise_address: str | None = None) -> dict[str, str]:
+    """File name -> content of the PostgreSQL snippets (pure). With
+    ``postgres.clientAddresses``, the conf.d file also sets ``listen_addresses`` to
+    localhost and ``advertise_address``."""
+    listen = f"localhost,{advertise_address}" if cfg.postgres.client_addresses and advertise_address else None
     none = roles.RoleFacts(False, False, None, False)
     sql = "".join(f"-- {desc}\n{stmt};\n" for desc, stmt in roles.statements(cfg.postgres.role, cfg.postgres.database,
                                                                              none))
     return {
-        f"conf.d/{pgconf.CONF_D_FILE}": pgconf.render_ssl_conf(cfg),
+        f"conf.d/{pgconf.CONF_D_FILE}": pgconf.render_ssl_conf(cfg, listen),
         "pg_hba.k8s-sql.conf": "# put this block first in pg_hba.conf (PostgreSQL uses the first matching line)\n"
-                               + hba.render_block(cfg),
+                               + hba.render_block(cfg, [client_network(a) for a in cfg.postgres.client_addresses]),
         "k8s-sql-role.sql": "-- run as a superuser: psql -f k8s-sql-role.sql\n" + sql,
     }
 
@@ -78,7 +82,8 @@ def render(cfg: Cluster, out: str, console) -> list[tuple[str, str]]:
             if isinstance(change, WriteFile):
                 change.apply(ctx)
                 written.append((change.path, phase.name))
-    for name, text in pg_snippets(cfg).items():
+    address = ctx.facts.get("advertise_address") or advertise_address(host, cfg)[0]
+    for name, text in pg_snippets(cfg, address).items():
         path = posixpath.join(PG_DIR, name)
         change = file_change(host, path, text.encode(), 0o644)
         if change:

@@ -2,7 +2,7 @@
 
 In order: ``kubeadm reset -f`` (when the node has kubeadm state), the user's copy of the
 admin kubeconfig, the files k8s-sql wrote (kubeadm configuration, patches directory, the
-k8s-sql pki directory), PostgreSQL's ``conf.d/k8s-sql.conf`` and the marked ``pg_hba.conf``
+k8s-sql pki directory, the list of further PostgreSQL clients), PostgreSQL's ``conf.d/k8s-sql.conf`` and the marked ``pg_hba.conf``
 block (pg_hba.conf backed up first), then a configuration reload (``pg_reload_conf()``), or
 a restart when k8s-sql's file had set ``listen_addresses``.
 PostgreSQL keeps running and the database stays, unless ``delete_data``: then ``DROP
@@ -20,6 +20,13 @@ from k8s_sql.pg.cluster import discover, psql
 from k8s_sql.pg.conf import CONF_D_FILE
 from k8s_sql.pg.hba import remove_block as remove_hba_block
 from k8s_sql.phases.base import Action, Change, Context, Phase, RemoveFile, WriteFile
+
+
+def _own_paths(cfg) -> tuple[str, ...]:
+    """The files and directories k8s-sql writes on a node (removed whole)."""
+    p = cfg.paths
+    return (p.kubeadm_config, p.patches_dir, p.pki_dir, p.postgres_clients)
+
 
 def _kubeadm_state(ctx: Context) -> bool:
     host, paths = ctx.host, ctx.config.paths
@@ -58,7 +65,7 @@ class Reset(Phase):
                 copy = posixpath.join(home, ".kube", "config")
                 if host.read_bytes(copy) == admin:  # only the copy `post` made, not another cluster's
                     changes.append(RemoveFile(copy))
-        for path in (cfg.paths.kubeadm_config, cfg.paths.patches_dir, cfg.paths.pki_dir):
+        for path in _own_paths(cfg):
             if host.exists(path):
                 changes.append(RemoveFile(path))
         if cfg.postgres.mode == "local":
@@ -111,6 +118,6 @@ class Reset(Phase):
         return changes
 
     def verify(self, ctx: Context) -> None:
-        for path in (ctx.config.paths.kubeadm_config, ctx.config.paths.patches_dir, ctx.config.paths.pki_dir):
+        for path in _own_paths(ctx.config):
             if ctx.host.exists(path):
                 raise K8sSqlError("still there after reset", where=path, hint="remove it by hand")

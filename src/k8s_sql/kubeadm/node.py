@@ -63,14 +63,7 @@ def advertise_address(host: Host, cfg: Cluster) -> tuple[str, str]:
             raise K8sSqlError(f"node.advertiseAddress {cfg.node.advertise_address!r} is not an IP address",
                               hint="use the node's IPv4 or IPv6 address, e.g. 192.168.56.10") from None
         return cfg.node.advertise_address, "from node.advertiseAddress"
-    res = host.run(["ip", "-j", "route", "get", "1.1.1.1"], check=False)
-    src = None
-    if res.ok:
-        try:
-            routes = json.loads(res.stdout or "[]")
-            src = routes[0].get("prefsrc") if routes else None
-        except (ValueError, AttributeError, IndexError):
-            src = None
+    src = source_address(host, "1.1.1.1")
     if not src:
         raise K8sSqlError(
             "cannot find the node's address: there is no default route",
@@ -78,3 +71,16 @@ def advertise_address(host: Host, cfg: Cluster) -> tuple[str, str]:
             hint="set node.advertiseAddress in the configuration or pass --apiserver-advertise-address",
         )
     return src, "source address of the default route"
+
+
+def source_address(host: Host, destination: str) -> str | None:
+    """The address ``host`` sends from to reach ``destination`` (an IP address), from
+    ``ip -j route get`` (a route lookup: no packet is sent); ``None`` when there is no route."""
+    res = host.run(["ip", "-j", "route", "get", destination], check=False)
+    if not res.ok:
+        return None
+    try:
+        routes = json.loads(res.stdout or "[]")
+        return (routes[0].get("prefsrc") if routes else None) or None
+    except (ValueError, AttributeError, IndexError):
+        return None

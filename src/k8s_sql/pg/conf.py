@@ -23,14 +23,18 @@ def has_include_dir(postgresql_conf: str) -> bool:
     return bool(_INCLUDE_DIR.search(postgresql_conf))
 
 
-def listen_addresses_for(base: str) -> str | None:
+def listen_addresses_for(base: str, extra: list[str] | tuple[str, ...] = ()) -> str | None:
     """The ``listen_addresses`` k8s-sql must set so that the server also listens on
-    127.0.0.1 and ::1, given the value from the other configuration files (``base``;
-    PostgreSQL's default is ``localhost``); ``None`` when ``base`` already covers both."""
+    127.0.0.1 and ::1 and on the ``extra`` addresses (the node's advertise address when
+    other control-plane nodes connect), given the value from the other configuration
+    files (``base``; PostgreSQL's default is ``localhost``); ``None`` when ``base``
+    already covers them all (``*``, ``0.0.0.0`` for IPv4, ``::`` for IPv6)."""
     items = [a.strip() for a in base.split(",") if a.strip()]
-    if "*" in items or "localhost" in items:
+    if "*" in items:
         return None
-    missing = [a for a in LOOPBACK if a not in items]
+    wanted = ([] if "localhost" in items else list(LOOPBACK)) + list(extra)
+    missing = [a for a in dict.fromkeys(wanted)
+               if a not in items and not ("0.0.0.0" in items and ":" not in a) and not ("::" in items and ":" in a)]
     return ",".join(items + missing) if missing else None
 
 
@@ -49,6 +53,6 @@ def render_ssl_conf(cfg: Cluster, listen_addresses: str | None = None) -> str:
         "ssl_min_protocol_version = 'TLSv1.2'",
     ]
     if listen_addresses:
-        lines += ["# the shim connects over TLS to 127.0.0.1/::1 (changing this needs a restart)",
+        lines += ["# the shims connect over TLS to these addresses (changing this needs a restart)",
                   f"listen_addresses = '{listen_addresses}'"]
     return "\n".join(lines) + "\n"

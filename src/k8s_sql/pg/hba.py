@@ -1,5 +1,6 @@
 """k8s-sql's block in ``pg_hba.conf``: the shim's role may reach only its database, only
-over TLS from loopback, only with a client certificate whose CN is the role
+over TLS from loopback (and from the further control-plane nodes listed by
+:mod:`k8s_sql.pg.clients`), only with a client certificate whose CN is the role
 (``cert`` authentication). The ``reject`` lines after it make sure no later rule of the
 file (``host all all … scram-sha-256`` etc.) lets the role in another way. PostgreSQL uses
 the first matching line, so the block goes before every other rule.
@@ -13,14 +14,16 @@ BEGIN = "# BEGIN k8s-sql managed block (do not edit; `k8s-sql reset` removes it)
 END = "# END k8s-sql managed block"
 
 
-def render_block(cfg: Cluster) -> str:
+def render_block(cfg: Cluster, clients: list[str] | tuple[str, ...] = ()) -> str:
     """The marked block for ``cfg`` (``postgres.database`` and ``postgres.role``), ending
-    with a newline. Pure function."""
+    with a newline; ``clients`` are further networks in CIDR form (``192.0.2.11/32``), a
+    ``hostssl … cert`` line each. Pure function."""
     db, role = cfg.postgres.database, cfg.postgres.role
     return "\n".join([
         BEGIN,
         f"hostssl   {db} {role} 127.0.0.1/32 cert",
         f"hostssl   {db} {role} ::1/128      cert",
+        *(f"hostssl   {db} {role} {net} cert" for net in clients),
         f"hostnossl all {role} all reject",
         f"host      all {role} all reject",
         f"local     all {role}     reject",

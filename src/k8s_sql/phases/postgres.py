@@ -5,10 +5,12 @@ Local mode, in order (each step only when it differs):
 
 - ``conf.d/k8s-sql.conf`` (see :mod:`k8s_sql.pg.conf`): ssl on with the pki phase's files,
   TLS ≥ 1.2, and ``listen_addresses`` only when the rest of the configuration does not
-  already cover 127.0.0.1 and ::1. postgresql.conf is never edited: it must include
-  ``conf.d`` (Debian's default), else the phase stops with a hint.
-- the marked block at the top of ``pg_hba.conf`` (:mod:`k8s_sql.pg.hba`), the old file
-  backed up to ``paths.backupDir``; nothing else in it changes;
+  already cover 127.0.0.1 and ::1 (and the node's advertise address, when further
+  control-plane nodes connect: :mod:`k8s_sql.pg.clients`). postgresql.conf is never
+  edited: it must include ``conf.d`` (Debian's default), else the phase stops with a hint.
+- the marked block at the top of ``pg_hba.conf`` (:mod:`k8s_sql.pg.hba`), with a line
+  per client network of :mod:`k8s_sql.pg.clients`; the old file backed up to
+  ``paths.backupDir``; nothing else in it changes;
 - the role (no password, no privileges) and the database it owns, PUBLIC revoked;
 - ``pg_reload_conf()`` after a configuration change (ssl settings need only a reload since
   PostgreSQL 10); a restart (``pg_ctlcluster``/``pg_ctl``) only when listen_addresses must
@@ -23,7 +25,9 @@ from __future__ import annotations
 import posixpath
 
 from k8s_sql.errors import K8sSqlError
+from k8s_sql.kubeadm import node
 from k8s_sql.phases.base import Action, Change, Context, Phase, WriteFile, file_change
+from k8s_sql.pg import clients as pgclients
 from k8s_sql.pg import cluster as pgcluster
 from k8s_sql.pg import conf as pgconf
 from k8s_sql.pg import connect, hba, roles
@@ -67,13 +71,15 @@ class Postgres(Phase):
                               hint="add the line `include_dir = 'conf.d'` (Debian's default) and run the phase again; "
                               "k8s-sql does not edit postgresql.conf")
         own = posixpath.join(posixpath.dirname(conf_file), "conf.d", pgconf.CONF_D_FILE)
-        listen = pgconf.listen_addresses_for(pgcluster.base_listen_addresses(host, cfg, own))
+        nets = pgclients.networks(host, cfg)
+        extra = [node.advertise_address(host, cfg)[0]] if nets else []
+        listen = pgconf.listen_addresses_for(pgcluster.base_listen_addresses(host, cfg, own), extra)
         conf_change = file_change(host, own, pgconf.render_ssl_conf(cfg, listen).encode(), 0o644)
         hba_file = settings["hba_file"]
         old_hba = host.read_text(hba_file)
         if old_hba is None:
             raise K8sSqlError("pg_hba.conf is missing", where=hba_file, hint="restore it from a backup")
-        new_hba = hba.merge_block(old_hba, hba.render_block(cfg))
+        new_hba = hba.merge_block(old_hba, hba.render_block(cfg, nets))
         hba_change = None
         if new_hba != old_hba:
             info = host.stat(hba_file)

@@ -12,9 +12,10 @@
   its community repository on download.opensuse.org (``isv:cri-o``), or the distribution's
   containerd (``kubernetes.containerRuntime: containerd``, set to the systemd cgroup driver);
   PostgreSQL from the distribution, or from apt.postgresql.org when ``postgres.version``
-  asks for another major (only its client with ``postgres.mode: external``). Each repository's key is fetched with curl into a file, converted
-  with ``gpg --dearmor`` into ``/etc/apt/keyrings/`` and named by ``signed-by=`` in its
-  sources line; nothing is piped into a shell.
+  asks for another major (only its client with ``postgres.mode: external`` and on a joining
+  control-plane node; nothing on a worker). Each repository's key is fetched with curl
+  into a file, converted with ``gpg --dearmor`` into ``/etc/apt/keyrings/`` and named by
+  ``signed-by=`` in its sources line; nothing is piped into a shell.
 
 Packages installed at the wanted version are left alone (``dpkg-query``). With
 ``k8s-sql init phase prereqs --root DIR`` the files are read and written under DIR
@@ -116,9 +117,11 @@ def postgres_package(cfg, osi: osinfo.OsInfo) -> tuple[str, bool]:
     return f"postgresql-{want}", int(want) != osi.default_postgres
 
 
-def wanted_packages(cfg, osi: osinfo.OsInfo) -> tuple[dict[str, str], list[AptRepo]]:
+def wanted_packages(cfg, osi: osinfo.OsInfo, postgres: str = "server") -> tuple[dict[str, str], list[AptRepo]]:
     """Package name -> version pattern (fnmatch, also valid for ``apt-get install pkg=PATTERN``;
-    ``*`` = any), and the extra repositories they need."""
+    ``*`` = any), and the extra repositories they need. ``postgres``: ``server`` (the node
+    runs PostgreSQL), ``client`` (only psql: external mode, or a joining control-plane
+    node) or ``none`` (a worker)."""
     minor = cfg.kubernetes_minor
     kube = kube_version_pattern(cfg.kubernetes.version)
     packages = {name: kube for name in KUBE_PACKAGES}
@@ -128,7 +131,9 @@ def wanted_packages(cfg, osi: osinfo.OsInfo) -> tuple[dict[str, str], list[AptRe
         repos.append(crio_repo(minor))
     else:
         packages["containerd"] = "*"
-    if cfg.postgres.mode == "external":  # only verified from here, with psql
+    if postgres == "none":
+        return packages, repos
+    if postgres == "client" or cfg.postgres.mode == "external":  # only verified from here, with psql
         packages["postgresql-client"] = "*"
         return packages, repos
     pg, pgdg = postgres_package(cfg, osi)
@@ -197,6 +202,12 @@ class Prereqs(Phase):
     name = "prereqs"
     title = "kernel modules, sysctls, swap, container runtime, kubeadm/kubelet/kubectl, PostgreSQL"
 
+    def __init__(self, postgres: str = "server"):
+        """``postgres``: which PostgreSQL packages this node needs (see :func:`wanted_packages`)."""
+        self.postgres = postgres
+        if postgres != "server":
+            self.title = self.title.replace("PostgreSQL", "psql" if postgres == "client" else "no PostgreSQL")
+
     def plan(self, ctx: Context) -> list[Change]:
         host, cfg = ctx.host, ctx.config
         osi = osinfo.detect(host.read_text(osinfo.OS_RELEASE))
@@ -232,7 +243,7 @@ class Prereqs(Phase):
                                      backup=True, backup_dir=cfg.paths.backup_dir))
 
         # apt repositories and packages
-        packages, repos = wanted_packages(cfg, osi)
+        packages, repos = wanted_packages(cfg, osi, self.postgres)
         installed = installed_packages(ctx, list(packages))
         install = [f"{p}={v}" if v != "*" else p for p, v in packages.items()
                    if p not in installed or not fnmatch.fnmatchcase(installed[p][1], v)]
@@ -311,7 +322,7 @@ class Prereqs(Phase):
                                   "that overrides it")
         if (host.read_text("/proc/swaps") or "").strip().splitlines()[1:]:
             raise K8sSqlError("swap is still on", where=where, hint="run `swapoff -a` and check /etc/fstab")
-        packages, _ = wanted_packages(cfg, osinfo.detect(host.read_text(osinfo.OS_RELEASE)))
+        packages, _ = wanted_packages(cfg, osinfo.detect(host.read_text(osinfo.OS_RELEASE)), self.postgres)
         installed = installed_packages(ctx, list(packages))
         for p, v in packages.items():
             if p not in installed or not fnmatch.fnmatchcase(installed[p][1], v):

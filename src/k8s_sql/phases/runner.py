@@ -36,8 +36,9 @@ def load_phase(name: str) -> Phase:
     return getattr(importlib.import_module(module), cls)()
 
 
-def run_phases(phases: list[Phase], ctx: Context) -> int:
+def run_phases(phases: list[Phase], ctx: Context, *, summary: bool = True) -> int:
     """Run ``phases`` against ``ctx``; returns the number of changes made (or planned).
+    ``summary``: end a dry run with the "nothing was changed" line.
 
     Raises:
         K8sSqlError: from the first phase that fails; later phases do not run.
@@ -66,7 +67,7 @@ def run_phases(phases: list[Phase], ctx: Context) -> int:
         total += len(changes)
         if not ctx.dry_run:
             phase.verify(ctx)
-    if ctx.dry_run:
+    if ctx.dry_run and summary:
         console.print(f"[bold]dry run:[/bold] {total} change(s) planned, nothing was changed")
     return total
 

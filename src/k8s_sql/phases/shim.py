@@ -213,4 +213,4 @@ class ShimImage(Phase):
         if not image_present(ctx, cfg.shim_image):
             raise K8sSqlError(f"the container runtime ({cfg.kubernetes.container_runtime}) still has no image "
                               f"{cfg.shim_image}", where=ctx.host.name,
-                              hint=f"look at the build output above; build it by hand as in shim/README.md")
+                              hint="look at the build output above; build it by hand as in shim/README.md")
