@@ -210,13 +210,13 @@ def run_join(cp: Context, node: Context, *, control_plane: bool = False, skip: f
         K8sSqlError: from the first phase that fails; the first node has no route from the
             joining node.
     """
+    _require_initialised(cp)  # before anything is installed on the joining node
     phases: list[Phase] = []
     if "prereqs" not in skip:
         phases.append(Prereqs(postgres="client" if control_plane else "none"))
     if control_plane and "shim" not in skip:
         phases.append(load_phase("shim"))
     total = run_phases(phases, node, summary=False) if phases else 0
-    _require_initialised(cp)
     datastore_host = None
     if control_plane and cp.config.postgres.mode == "local":
         datastore_host, _ = kubeadm_node.advertise_address(cp.host, cp.config)
