@@ -21,6 +21,7 @@ for _p in (os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "shim"), os.
 
 from etcd_server import EtcdServer, free_port  # noqa: E402
 from pgcluster import TempPostgres  # noqa: E402
+from procs import stop_process  # noqa: E402
 
 __all__ = ["EtcdServer", "TempPostgres", "Shim", "free_port", "start_postgres"]
 
@@ -76,10 +77,4 @@ class Shim:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)

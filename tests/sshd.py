@@ -16,6 +16,8 @@ import subprocess
 import tempfile
 import time
 
+from procs import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -98,13 +100,7 @@ class Sshd:
         return name
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         for path in self.sudoers:
             if os.path.exists(path):
                 os.unlink(path)
