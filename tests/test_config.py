@@ -19,12 +19,17 @@ def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
 def test_print_defaults_round_trips_and_validates(tmp_path):
     r = cli("config", "print-defaults")
     assert r.returncode == 0
-    assert r.stdout.startswith("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n")
+    body = "".join(line + "\n" for line in r.stdout.splitlines() if not line.startswith("#"))
+    assert body.startswith("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n")
     f = tmp_path / "c.yaml"
     f.write_text(r.stdout)
     v = cli("config", "validate", "--config", str(f))
-    assert v.returncode == 0 and v.stdout == r.stdout
-    assert config.dump(config.load(r.stdout)) == r.stdout
+    # validate prints the effective configuration: the defaults, the node name filled in
+    effective = config.Cluster()
+    effective.node.name = config.host_node_name()
+    assert v.returncode == 0 and v.stdout == config.dump(effective)
+    assert config.load(v.stdout) == effective
+    assert config.dump(config.Cluster(), notes=True) == r.stdout
 
 
 def test_every_field_has_a_default():

@@ -34,7 +34,7 @@ from k8s_sql.cli.common import make_context
 from k8s_sql.config import Cluster, load_file
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.host import LocalHost
-from k8s_sql.join import CONTROL_PLANE_PKI, Join, run_join
+from k8s_sql.phases.join import CONTROL_PLANE_PKI, Join, run_join
 from k8s_sql.kubeadm import sidecar
 from k8s_sql.kubeadm.yamlio import load as load_yaml
 from k8s_sql.remote import open_host
@@ -81,6 +81,7 @@ def config(env) -> Cluster:
     cfg.paths.kubeconfig = str(n / "kubernetes/admin.conf")
     cfg.paths.pki_dir = str(n / "kubernetes/pki/k8s-sql")
     cfg.paths.patches_dir = str(n / "k8s-sql/patches")
+    cfg.paths.state_file = str(n / "state.json")
     return cfg
 
 
@@ -166,7 +167,7 @@ def node_config(path, base, pgc, shim_port, metrics_port, kubeconfig, address) -
         f.write(f"apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\nnode: {{name: cp1, advertiseAddress: '{address}'}}\n"
                 f"paths: {{pkiDir: {base}/pki, backupDir: {base}/backup, patchesDir: {base}/patches, "
                 f"kubeadmConfig: {base}/kubeadm.yaml, postgresClients: {base}/postgres-clients, "
-                f"kubeconfig: {kubeconfig}}}\n"
+                f"kubeconfig: {kubeconfig}, stateFile: {base}/state.json}}\n"
                 f"postgres: {{configDir: {pgc.config_dir}, dataDir: {pgc.data_dir}, socketDir: {pgc.socket_dir}, "
                 f"port: {pgc.port}, version: '{pgc.major}'}}\n"
                 f"shim: {{port: {shim_port}, metricsPort: {metrics_port}}}\n")

@@ -79,11 +79,12 @@ def test_too_old_version_is_an_error():
 def test_cri_socket_detection(tmp_path):
     host = LocalHost(root=str(tmp_path))
     cfg = cluster("v1.34.2")
+    # none on the node yet: the configured runtime's default, which prereqs installs
+    sock, note = node.cri_socket(host, cfg)
+    assert sock == "unix:///var/run/crio/crio.sock" and "prereqs installs" in note
     with pytest.raises(K8sSqlError, match="no container runtime socket") as e:
-        node.cri_socket(host, cfg)
+        node.require_cri_socket(host, sock)
     assert "--cri-socket" in e.value.hint
-    sock, note = node.cri_socket(host, cfg, dry_run=True)
-    assert sock == "unix:///var/run/crio/crio.sock" and "assuming" in note
     (tmp_path / "run/containerd").mkdir(parents=True)
     (tmp_path / "run/containerd/containerd.sock").touch()
     assert node.cri_socket(host, cfg)[0] == "unix:///run/containerd/containerd.sock"
@@ -127,7 +128,7 @@ def test_phase_writes_files_and_is_idempotent(tmp_path, capsys):
     docs = list(yaml.safe_load_all(conf.read_text()))
     assert docs[0]["patches"]["directory"] == cfg.paths.patches_dir
     assert yaml.safe_load(patch.read_text())["spec"]["containers"][0]["name"] == "etcd-shim"
-    assert ctx.facts["cri_socket"] == "unix:///var/run/crio/crio.sock"
+    assert docs[0]["nodeRegistration"]["criSocket"] == "unix:///var/run/crio/crio.sock"
     before = {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in (conf, patch)}
     assert run_phases([KubeadmConfig()], Context(host=LocalHost(), config=cfg)) == 0
     assert {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in (conf, patch)} == before
@@ -152,7 +153,7 @@ def test_cli_phase(tmp_path):
 kind: Cluster
 node: {{name: cp1, advertiseAddress: 192.168.56.10}}
 kubernetes: {{version: v1.30.3}}
-paths: {{kubeadmConfig: {tmp_path}/kubeadm.yaml, patchesDir: {tmp_path}/patches}}
+paths: {{kubeadmConfig: {tmp_path}/kubeadm.yaml, patchesDir: {tmp_path}/patches, stateFile: {tmp_path}/state.json}}
 """)
     argv = ["k8s-sql", "init", "phase", "kubeadm-config", "-c", str(conf),
             "--cri-socket", "unix:///run/containerd/containerd.sock"]
@@ -163,4 +164,5 @@ paths: {{kubeadmConfig: {tmp_path}/kubeadm.yaml, patchesDir: {tmp_path}/patches}
     again = subprocess.run(argv, capture_output=True, text=True)
     assert again.returncode == 0 and "nothing to do" in again.stdout
     bad = subprocess.run([*argv, "--kubernetes-version", "v1.20.2"], capture_output=True, text=True)
-    assert bad.returncode == 1 and "1.22" in bad.stderr and "Traceback" not in bad.stderr
+    # a bad flag value is a usage error (exit 2), refused by validation before any phase runs
+    assert bad.returncode == 2 and "1.22" in bad.stderr and "Traceback" not in bad.stderr

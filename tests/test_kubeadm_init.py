@@ -131,8 +131,13 @@ def test_missing_kubeadm(node, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     if LocalHost().which("kubeadm"):
         pytest.skip("a real kubeadm is installed on this machine")
+    # planned all the same (a dry run and a real run alike), marked pending; applying it fails
+    real = KubeadmInit().plan(Context(host=LocalHost(), config=cfg))
+    dry = KubeadmInit().plan(Context(host=DryRunHost(LocalHost()), config=cfg, dry_run=True))
+    assert [c.describe() for c in real] == [c.describe() for c in dry]
+    assert real[0].describe().endswith("(pending: after prereqs installs kubeadm)")
     with pytest.raises(K8sSqlError, match="kubeadm is not installed") as e:
-        KubeadmInit().plan(Context(host=LocalHost(), config=cfg))
+        run_phases([KubeadmInit()], Context(host=LocalHost(), config=cfg))
     assert "prereqs" in e.value.hint
 
 

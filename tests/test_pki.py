@@ -29,7 +29,7 @@ def write_config(tmp_path, name="cp1", extra=""):
     cfg = tmp_path / "cluster.yaml"
     cfg.write_text("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n"
                    f"node: {{name: {name}, advertiseAddress: 192.0.2.10}}\n"
-                   f"paths: {{pkiDir: {tmp_path / 'pki'}}}\n" + extra)
+                   f"paths: {{pkiDir: {tmp_path / 'pki'}, stateFile: {tmp_path / 'state.json'}}}\n" + extra)
     return str(cfg)
 
 

@@ -33,7 +33,7 @@ def cli(*args, rc=0):
 
 def config_text(base, pgc, extra=""):
     return ("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\nnode: {name: cp1, advertiseAddress: 192.0.2.10}\n"
-            f"paths: {{pkiDir: {base}/pki, backupDir: {base}/backup}}\n"
+            f"paths: {{pkiDir: {base}/pki, backupDir: {base}/backup, stateFile: {base}/state.json}}\n"
             f"postgres: {{configDir: {pgc.config_dir}, dataDir: {pgc.data_dir}, socketDir: {pgc.socket_dir}, "
             f"port: {pgc.port}, version: '{pgc.major}'{extra}}}\n")
 
@@ -100,14 +100,14 @@ def test_everything_else_is_refused(node, tmp_path):
     # a client certificate from another CA
     other = tmp_path / "other"
     other.mkdir()
-    (other / "c.yaml").write_text(f"apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\npaths: {{pkiDir: {other}/pki}}\n"
+    (other / "c.yaml").write_text(f"apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\npaths: {{pkiDir: {other}/pki, stateFile: {other}/state.json}}\n"
                                   "node: {advertiseAddress: 192.0.2.10}\n")
     cli("init", "phase", "pki", "-c", str(other / "c.yaml"))
     with pytest.raises(psycopg.OperationalError, match="certificate|unknown ca"):
         psycopg.connect(conninfo(node, sslcert=f"{other}/pki/shim-postgres-client.crt",
                                  sslkey=f"{other}/pki/shim-postgres-client.key"))
     # our CA, but the certificate names another role (CN=other)
-    (other / "o.yaml").write_text(f"apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\npaths: {{pkiDir: {other}/o}}\n"
+    (other / "o.yaml").write_text(f"apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\npaths: {{pkiDir: {other}/o, stateFile: {other}/o-state.json}}\n"
                                   "node: {advertiseAddress: 192.0.2.10}\npostgres: {role: other}\n")
     os.makedirs(other / "o")
     for n in ("ca.crt", "ca.key"):
@@ -150,19 +150,46 @@ def test_dry_run_executes_nothing(node):
         pgc.psql("ALTER ROLE k8s_sql NOCREATEDB")
 
 
-def test_stopped_postgres_is_an_actionable_error(node, tmp_path):
+def test_stopped_postgres_is_started_then_configured(node):
+    """The node's own cluster, installed but stopped (here outside the Debian layout, so
+    pg_ctl starts it): a dry run plans the start and marks the rest pending on it, and
+    changes nothing; the real run starts it, configures it and verifies the login."""
     down = TempPostgres().init()  # initialised, never started
+    base = tempfile.mkdtemp(prefix="k8s-sql-pgdown-")
     try:
-        cfg = tmp_path / "c.yaml"
-        cfg.write_text(config_text(node["base"], down))
+        cfg = os.path.join(base, "c.yaml")
+        with open(cfg, "w") as f:  # the module's certificates, a backup dir of its own
+            f.write(config_text(node["base"], down).replace(f"backupDir: {node['base']}/backup",
+                                                             f"backupDir: {base}/backup"))
         hba_before = open(os.path.join(down.config_dir, "pg_hba.conf")).read()
-        r = cli("init", "phase", "postgres", "-c", str(cfg), rc=1)
-        assert "is down or unreachable" in r.stderr and "start it with `runuser -u postgres --" in r.stderr
-        assert "pg_ctl" in r.stderr and "Traceback" not in r.stderr
+        r = cli("init", "phase", "postgres", "-c", cfg, "--dry-run")
+        label = f"PostgreSQL in {down.config_dir}"
+        assert f"would start {label} (installed, not running)" in r.stdout, r.stdout
+        assert f"pg_ctl -D {down.data_dir}" in r.stdout and r.stdout.rstrip().endswith("nothing was changed")
+        assert (f"would configure {label}: ssl in conf.d, the pg_hba.conf block, the shim's role and database "
+                f"(pending: after {label} is started)") in " ".join(r.stdout.split())
+        assert not down.is_running()
         assert os.listdir(os.path.join(down.config_dir, "conf.d")) == []
         assert open(os.path.join(down.config_dir, "pg_hba.conf")).read() == hba_before
+        r = cli("init", "phase", "postgres", "-c", cfg)
+        assert down.is_running() and down.psql("SHOW ssl") == "on"
+        assert "create role k8s_sql" in r.stdout and "verified: TLSv1." in r.stdout, r.stdout
+        assert "up to date" in cli("init", "phase", "postgres", "-c", cfg).stdout
     finally:
         down.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_unreachable_postgres_is_an_actionable_error(node, tmp_path):
+    """A running server looked for on the wrong socket directory is not "stopped": the
+    phase says it is down or unreachable and how to fix it, and changes nothing."""
+    pgc = node["pgc"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config_text(node["base"], pgc).replace(f"socketDir: {pgc.socket_dir}", f"socketDir: {tmp_path}"))
+    before = os.stat(node["hba"]).st_mtime_ns
+    r = cli("init", "phase", "postgres", "-c", str(cfg), rc=1)
+    assert "is down or unreachable" in r.stderr and "or fix postgres.socketDir/port" in r.stderr
+    assert "Traceback" not in r.stderr and os.stat(node["hba"]).st_mtime_ns == before
 
 
 def test_external_mode_only_verifies(node, tmp_path):
@@ -219,15 +246,32 @@ def test_client_list_file(tmp_path):
 
 def test_debian_cluster_found_with_pg_lsclusters_and_down():
     """With no configDir the cluster comes from ``pg_lsclusters``: here the system cluster,
-    which is installed but never running on this machine. Only a dry run, so nothing could
-    change even if it were up; the test is skipped then."""
+    installed but not running on this machine, as after apt-get install in a container.
+    A dry run plans to start it (systemctl when systemd runs, else pg_ctlcluster) and
+    marks the rest pending; only a dry run, so the system cluster stays as it is. Skipped
+    where there is no such stopped cluster."""
     rows = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True).stdout.split("\n")
     row = next((r.split() for r in rows if len(r.split()) > 3 and r.split()[1] == "main"), None)
     if row is None or row[3] != "down":
         pytest.skip("needs an installed, stopped Debian cluster 'main'")
-    r = cli("init", "phase", "postgres", "--dry-run", rc=1)
-    assert f"PostgreSQL {row[0]}/main is down or unreachable" in r.stderr
-    assert f"start it with `pg_ctlcluster {row[0]} main start`" in r.stderr
+    base = tempfile.mkdtemp(prefix="k8s-sql-pgmain-")
+    os.chmod(base, 0o755)
+    try:
+        cfg = os.path.join(base, "c.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\nnode: {{advertiseAddress: 192.0.2.10}}\n"
+                    f"paths: {{pkiDir: {base}/pki, backupDir: {base}/backup, stateFile: {base}/state.json}}\n")
+        cli("init", "phase", "pki", "-c", cfg)
+        r = cli("init", "phase", "postgres", "-c", cfg, "--dry-run")
+        start = (f"systemctl start postgresql@{row[0]}-main" if os.path.isdir("/run/systemd/system")
+                 else f"pg_ctlcluster {row[0]} main start")
+        out = " ".join(r.stdout.split())
+        assert f"would start PostgreSQL {row[0]}/main (installed, not running) {start}" in out, r.stdout
+        assert f"(pending: after PostgreSQL {row[0]}/main is started)" in out
+        rows = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True).stdout
+        assert any(r.split()[1:2] == ["main"] and r.split()[3] == "down" for r in rows.splitlines())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_listen_addresses_added_with_a_restart(tmp_path):
@@ -255,3 +299,23 @@ def test_listen_addresses_added_with_a_restart(tmp_path):
         shutil.rmtree(base, ignore_errors=True)
     finally:
         pgc.destroy()
+
+
+@pytest.mark.parametrize("action", ["start", "restart"])
+def test_debian_cluster_is_started_and_restarted_through_systemd_when_it_runs(tmp_path, action):
+    """On a systemd host the Debian cluster is controlled as its unit postgresql@V-NAME, so
+    that it stays under systemd (pg_ctlcluster run as postgres would start a server outside
+    it); without systemd pg_ctlcluster as postgres; outside the Debian layout pg_ctl. The
+    host is a node tree (LocalHost(root=…)): this test machine runs no systemd."""
+    from k8s_sql.pg.cluster import PgCluster
+    from k8s_sql.phases.postgres import ctl_action, ctl_command
+
+    debian = PgCluster("16", "main", "/etc/postgresql/16/main", "/var/lib/postgresql/16/main")
+    host = LocalHost(root=str(tmp_path))
+    assert ctl_command(host, debian, action) == (["pg_ctlcluster", "16", "main", action], "postgres")
+    (tmp_path / "run/systemd/system").mkdir(parents=True)
+    assert ctl_command(host, debian, action) == (["systemctl", action, "postgresql@16-main"], None)
+    assert ctl_action(host, debian, action, "why").preview(None) == f"systemctl {action} postgresql@16-main"
+    own = PgCluster("16", "", "/srv/pg/conf", "/srv/pg/data")
+    argv, user = ctl_command(host, own, action)
+    assert argv[0] == "/usr/lib/postgresql/16/bin/pg_ctl" and argv[-1] == action and user == "postgres"

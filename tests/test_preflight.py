@@ -17,7 +17,7 @@ from rich.console import Console
 from k8s_sql.config import load
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.host import LocalHost
-from k8s_sql.phases.base import Context
+from k8s_sql.phases.base import Context, RunOptions
 from k8s_sql.phases.preflight import Preflight, run_checks
 
 GOOD = {
@@ -39,9 +39,10 @@ def node_tree(tmp_path, **files):
     return tmp_path
 
 
-def ctx_for(root, config="", **facts):
+def ctx_for(root, config="", host=None, **options):
     cfg = load("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n" + config if config else None)
-    return Context(LocalHost(root=str(root)), cfg, console=Console(file=open(os.devnull, "w")), facts=facts)
+    return Context(host or LocalHost(root=str(root)), cfg, console=Console(file=open(os.devnull, "w")),
+                   options=RunOptions(**options))
 
 
 def listen_line(port: int) -> str:
@@ -75,9 +76,9 @@ def test_every_failure_listed_with_its_fix(tmp_path):
                      "--ignore-preflight-errors=OperatingSystem,Port-2379,Swap"):
         assert expected in msg, msg
     # ignoring some turns them into warnings; prereqs later in the same run fixes the rest
-    assert Preflight().plan(ctx_for(root, ignore_preflight_errors={"operatingsystem", "port-2379"},
-                                    phases=["preflight", "prereqs", "pki"])) == []
-    assert Preflight().plan(ctx_for(root, ignore_preflight_errors={"all"})) == []
+    assert Preflight().plan(ctx_for(root, ignore_preflight_errors=frozenset({"operatingsystem", "port-2379"}),
+                                    phases=("preflight", "prereqs", "pki"))) == []
+    assert Preflight().plan(ctx_for(root, ignore_preflight_errors=frozenset({"all"}))) == []
 
 
 def test_own_services_do_not_count_as_busy_ports(tmp_path):
@@ -140,3 +141,49 @@ def test_non_root(tmp_path):
         Preflight().plan(ctx)
     assert "1 preflight check(s) failed" in str(e.value)
     assert "[ERROR IsPrivilegedUser]: k8s-sql init must run as root — fix: sudo k8s-sql init" in str(e.value)
+
+
+def test_missing_modprobe_is_left_to_prereqs(tmp_path):
+    """A minimal VM without kmod: modprobe is missing, and prereqs installs kmod before it
+    loads modules, so within ``init`` this is a warning, as the other checks prereqs
+    fixes; run alone, preflight still fails on it. The node is a ScratchHost tree holding
+    every other binary preflight looks for (``which`` answers from the tree), since this
+    machine has modprobe."""
+    import io
+
+    from k8s_sql.host import ScratchHost
+    from k8s_sql.phases.preflight import BASE_BINARIES
+
+    root = node_tree(tmp_path)
+    (root / "usr/bin").mkdir(parents=True)
+    for binary in BASE_BINARIES:
+        if binary != "modprobe":
+            (root / "usr/bin" / binary).write_text("")
+            (root / "usr/bin" / binary).chmod(0o755)
+    out = io.StringIO()
+    ctx = ctx_for(root, host=ScratchHost(str(root)), phases=("preflight", "prereqs", "pki"))
+    ctx.console = Console(file=out, width=300)
+    assert Preflight().plan(ctx) == []
+    assert ("[WARNING FileExisting-modprobe]: modprobe not found in PATH — fix: apt-get install -y kmod "
+            "(prereqs runs next and fixes it)") in out.getvalue()
+    with pytest.raises(K8sSqlError) as e:
+        Preflight().plan(ctx_for(root, host=ScratchHost(str(root))))
+    assert "1 preflight check(s) failed" in str(e.value) and "[ERROR FileExisting-modprobe]" in str(e.value)
+
+
+@pytest.mark.parametrize("phases", [None, ("preflight", "prereqs", "pki"), ("preflight", "pki", "postgres")])
+def test_curl_and_gpg_are_not_required(tmp_path, phases):
+    """curl and gpg fetch repository keys in prereqs, which installs them first when it
+    needs them; no other phase runs them. A node without them passes preflight, whether
+    preflight runs alone, within init, or with prereqs skipped. The node is a ScratchHost
+    tree holding the other binaries (this machine has curl and gpg)."""
+    from k8s_sql.host import ScratchHost
+    from k8s_sql.phases.preflight import BASE_BINARIES, INSTALLED_BINARIES
+
+    root = node_tree(tmp_path)
+    (root / "usr/bin").mkdir(parents=True)
+    for binary in (*BASE_BINARIES, *INSTALLED_BINARIES, "psql"):
+        (root / "usr/bin" / binary).write_text("")
+        (root / "usr/bin" / binary).chmod(0o755)
+    assert not (root / "usr/bin/curl").exists() and not (root / "usr/bin/gpg").exists()
+    assert Preflight().plan(ctx_for(root, host=ScratchHost(str(root)), phases=phases)) == []

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -85,8 +88,23 @@ def test_files_and_commands_match_the_host_contract(sshd, tmp_path, user, capsys
     assert host.listdir(f"{base}/missing") == []
     host.makedirs(f"{base}/made/deep", 0o700)
     assert local.stat(f"{base}/made/deep").mode == 0o700
-    host.remove(f"{base}/sub")
-    host.remove(f"{base}/sub")  # a missing file is not an error
+    # a directory is never removed with its content: remove refuses it, rmdir only takes an empty one
+    with pytest.raises(CommandError, match="is a directory"):
+        host.remove(f"{base}/sub")
+    with pytest.raises(CommandError, match="not empty"):
+        host.rmdir(f"{base}/sub/dir")
+    assert host.is_dir(f"{base}/sub") == local.is_dir(f"{base}/sub") is True
+    assert host.is_dir(target) == local.is_dir(target) is False
+    os.symlink(f"{base}/sub", f"{base}/link")
+    assert not host.is_dir(f"{base}/link")
+    host.remove(f"{base}/link")  # the link, not what it points to
+    assert not os.path.lexists(f"{base}/link") and os.path.exists(target)
+    for f in (target, f"{base}/sub/shim.key"):
+        host.remove(f)
+        host.remove(f)  # a missing file is not an error
+    host.rmdir(f"{base}/sub/dir")
+    host.rmdir(f"{base}/sub")
+    host.rmdir(f"{base}/sub")  # nor is a missing directory
     assert not os.path.exists(f"{base}/sub")
     # commands: stdin, env, another user, exit status
     assert host.run(["cat"], input="über\n").stdout == "über\n"
@@ -114,7 +132,8 @@ def _config(tmp_path, name, pg=None) -> str:
         "apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n"
         "node: {name: node1, advertiseAddress: 192.0.2.10, criSocket: unix:///var/run/crio/crio.sock}\n"
         f"paths: {{kubeadmConfig: {etc}/kubeadm.yaml, patchesDir: {etc}/patches, pkiDir: {etc}/pki, "
-        f"manifestsDir: {etc}/manifests, backupDir: {etc}/backup, kubeconfig: {etc}/admin.conf}}\n"
+        f"manifestsDir: {etc}/manifests, backupDir: {etc}/backup, kubeconfig: {etc}/admin.conf, "
+        f"stateFile: {etc}/state.json}}\n"
         + (f"postgres: {{configDir: {pg.config_dir}, dataDir: {pg.data_dir}, socketDir: {pg.socket_dir}, "
            f"port: {pg.port}, version: '{pg.major}'}}\n" if pg else ""))
     return str(path)
@@ -133,9 +152,14 @@ def test_init_phase_over_ssh_writes_what_a_local_run_would(sshd, tmp_path, user)
     assert "0 change(s) planned" in local.stdout
 
 
-def test_init_dry_run_over_ssh_changes_nothing(sshd, tmp_path, pg):
+def test_init_dry_run_over_ssh_changes_nothing(sshd, pg, request):
     """Every phase that exists in this checkout, planned over SSH (PostgreSQL: the session's
-    throwaway cluster, only read); no file appears."""
+    throwaway cluster, only read); no file appears. Not in tmp_path (0700, and pytest keeps
+    its base 0700): the postgres phase checks that the postgres OS user could reach the
+    key the pki phase plans, so the files go to a 0755 temp dir."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="k8s-sql-remote-dry-"))
+    tmp_path.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(tmp_path, ignore_errors=True))
     cfg = _config(tmp_path, "dry", pg)
     before = open(os.path.join(pg.config_dir, "pg_hba.conf")).read()
     missing = [n for n, t in PHASES.items() if importlib.util.find_spec(t.split(":")[0]) is None]
@@ -225,7 +249,7 @@ def test_pki_and_postgres_phases_over_ssh(sshd, tmp_path):
         cfg.write_text(
             "apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n"
             f"paths: {{pkiDir: {etc}/pki, kubeadmConfig: {etc}/kubeadm.yaml, patchesDir: {etc}/patches, "
-            f"backupDir: {etc}/backup}}\n"
+            f"backupDir: {etc}/backup, stateFile: {etc}/state.json}}\n"
             f"postgres: {{configDir: {pgc.config_dir}, dataDir: {pgc.data_dir}, socketDir: {pgc.socket_dir}, "
             f"port: {pgc.port}, version: '{pgc.major}'}}\n")
         for phase in ("pki", "postgres"):

@@ -22,7 +22,7 @@ from k8s_sql.errors import K8sSqlError
 from k8s_sql.host import DryRunHost, LocalHost
 from k8s_sql.phases.base import Context
 from k8s_sql.phases.runner import run_phases
-from k8s_sql.phases.shim import BUILD_DIR, ShimImage
+from k8s_sql.phases.shim import BUILD_DIR, CRIO_PIN_FILE, ShimImage, crio_pin_conf
 
 REF = f"localhost/k8s-sql-shim:{__version__}"
 
@@ -53,8 +53,20 @@ elif tool in ("podman", "buildah") and args[0] in ("build", "bud"):
 elif tool == "podman" and args[0] == "save":
     tar = on_node(args[args.index("-o") + 1]); ref = args[-1]
     open(tar, "w").write(ref)
-elif tool == "ctr" and args[2:4] == ["images", "ls"]:
+elif tool == "ctr" and args[2:4] == ["images", "ls"] and "-q" in args:
     print("\n".join(state["containerd"]))
+elif tool == "ctr" and args[2:4] == ["images", "ls"]:
+    print("REF TYPE DIGEST SIZE PLATFORMS LABELS")
+    for ref in state["containerd"]:
+        if args[4:] in ([], ["name==" + ref]):
+            print(ref, "application/vnd.oci.image.manifest.v1+json sha256:0 42.0MiB linux/amd64",
+                  ",".join(state.get("labels", {{}}).get(ref, [])) or "-")
+elif tool == "ctr" and args[2:4] == ["images", "label"] and args[4] in state["containerd"]:
+    state.setdefault("labels", {{}}).setdefault(args[4], []).append(args[5])
+elif tool == "systemctl" and args[:2] == ["is-active", "--quiet"]:
+    rc = 0 if args[2] in state.get("active", []) else 3
+elif tool == "systemctl" and args[0] == "restart":
+    pass
 elif tool == "ctr" and args[2:4] == ["images", "import"]:
     state["containerd"].append(open(on_node(args[4])).read())
 else:
@@ -104,6 +116,9 @@ class Node:
 def test_image_present_is_a_no_op(tmp_path, monkeypatch):
     node = Node(tmp_path, monkeypatch)
     node.set_images(podman=[REF])
+    pin = node.root / CRIO_PIN_FILE.lstrip("/")
+    pin.parent.mkdir(parents=True)
+    pin.write_text(crio_pin_conf(REF))
     assert ShimImage().plan(node.context()) == []
     assert node.state["calls"] == [["podman", "image", "exists", REF]]
 
@@ -111,7 +126,7 @@ def test_image_present_is_a_no_op(tmp_path, monkeypatch):
 def test_crio_builds_with_podman_when_absent(tmp_path, monkeypatch):
     node = Node(tmp_path, monkeypatch)
     ctx = node.context()
-    assert run_phases([ShimImage()], ctx) == 1
+    assert run_phases([ShimImage()], ctx) == 2  # the build, the pin
     calls = node.state["calls"]
     build = [c for c in calls if c[1] == "build"]
     assert build == [["podman", "build", "--pull=missing", "-f", f"{BUILD_DIR}/Containerfile", "-t", REF, BUILD_DIR]]
@@ -129,15 +144,18 @@ def test_crio_builds_with_podman_when_absent(tmp_path, monkeypatch):
 
 def test_containerd_builds_then_imports_into_k8s_io(tmp_path, monkeypatch):
     node = Node(tmp_path, monkeypatch)
-    assert run_phases([ShimImage()], node.context("containerd")) == 1
+    assert run_phases([ShimImage()], node.context("containerd")) == 2
     tar = f"{BUILD_DIR}/image.tar"
     calls = [c for c in node.state["calls"] if c[3:5] != ["images", "ls"]]
     assert calls == [
         ["podman", "build", "--pull=missing", "-f", f"{BUILD_DIR}/Containerfile", "-t", REF, BUILD_DIR],
         ["podman", "save", "--format", "docker-archive", "-o", tar, REF],
         ["ctr", "-n", "k8s.io", "images", "import", tar],
+        ["ctr", "-n", "k8s.io", "images", "label", REF, "io.cri-containerd.pinned=pinned"],
     ]
     assert node.state["containerd"] == [REF]
+    assert node.state["labels"] == {REF: ["io.cri-containerd.pinned=pinned"]}
+    assert run_phases([ShimImage()], node.context("containerd")) == 0
     assert not (node.root / tar.lstrip("/")).exists()  # the archive is removed afterwards
 
 
@@ -147,7 +165,7 @@ def test_dry_run_prints_the_build_and_runs_nothing(tmp_path, monkeypatch, capsys
     from rich.console import Console
 
     ctx.console = Console(width=200, force_terminal=False)
-    assert run_phases([ShimImage()], ctx) == 1
+    assert run_phases([ShimImage()], ctx) == 2
     out = capsys.readouterr().out
     assert f"would build the shim image {REF} with podman for crio" in out
     assert f"podman build --pull=missing -f {BUILD_DIR}/Containerfile -t {REF} {BUILD_DIR}" in out
@@ -164,15 +182,21 @@ def test_user_image_or_kine_builds_nothing(tmp_path, monkeypatch):
 
 def test_buildah_when_podman_is_missing(tmp_path, monkeypatch):
     node = Node(tmp_path, monkeypatch, tools=("buildah",))
-    [change] = ShimImage().plan(node.context())
+    change = ShimImage().plan(node.context())[0]
     assert change.describe() == f"build the shim image {REF} with buildah for crio"
     assert f"buildah bud --pull -f {BUILD_DIR}/Containerfile -t {REF} {BUILD_DIR}" in change.preview(None)
 
 
 def test_missing_podman_and_buildah_is_a_clear_error(tmp_path, monkeypatch):
+    """Planned the same in a dry run and a real one (marked pending, so a dry run shows the
+    whole plan); applying it is the clear error."""
     node = Node(tmp_path, monkeypatch, tools=())
+    real, dry = ShimImage().plan(node.context()), ShimImage().plan(node.context(dry_run=True))
+    assert [c.describe() for c in real] == [c.describe() for c in dry] == [
+        f"build the shim image {REF} for crio (pending: after podman or buildah is installed "
+        "(prereqs installs podman; or pass --shim-image))", f"write {CRIO_PIN_FILE} (0644)"]
     with pytest.raises(K8sSqlError) as err:
-        ShimImage().plan(node.context())
+        run_phases([ShimImage()], node.context())
     assert "neither podman nor buildah is installed" in err.value.what
     assert "--shim-image" in err.value.hint
     # the command line: exit status 1, the message on stderr, nothing written
@@ -180,3 +204,30 @@ def test_missing_podman_and_buildah_is_a_clear_error(tmp_path, monkeypatch):
                          env=dict(os.environ, PATH=f"{node.bin}:/usr/bin:/bin"))
     assert res.returncode == 1, res.stdout + res.stderr
     assert "neither podman nor buildah is installed" in res.stdout + res.stderr
+
+
+def test_crio_pins_the_image_and_restarts_a_running_crio(tmp_path, monkeypatch):
+    """The kubelet's image garbage collector removes unused images that are not pinned, and
+    the shim image cannot be pulled back: CRI-O gets pinned_images in a crio.conf.d drop-in
+    (checked here with Python's TOML parser) and a running CRI-O is restarted to read it."""
+    import tomllib
+
+    node = Node(tmp_path, monkeypatch, tools=("podman", "systemctl"))
+    node.set_images(podman=[REF])
+    s = node.state
+    s["active"] = ["crio"]
+    node.state_file.write_text(json.dumps(s))
+    assert run_phases([ShimImage()], node.context()) == 2
+    conf = tomllib.loads((node.root / CRIO_PIN_FILE.lstrip("/")).read_text())
+    assert conf == {"crio": {"image": {"pinned_images": [REF]}}}
+    assert ["systemctl", "restart", "crio"] in node.state["calls"]
+    assert run_phases([ShimImage()], node.context()) == 0
+
+
+def test_unpinned_image_fails_verify(tmp_path, monkeypatch):
+    """An image that is there but not pinned (containerd refused the label) is reported."""
+    node = Node(tmp_path, monkeypatch)
+    node.set_images(containerd=[REF])
+    ctx = node.context("containerd")
+    with pytest.raises(K8sSqlError, match="is not pinned in containerd"):
+        ShimImage().verify(ctx)

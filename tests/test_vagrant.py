@@ -1,6 +1,14 @@
-"""The Vagrant playground: ``vagrant validate`` and the machines it defines, with Debian's
-vagrant package. No VM is started (no hypervisor here); Vagrant's data directory and home
-are redirected to a temp dir so the checkout stays clean."""
+"""The Vagrant playground: ``vagrant validate --ignore-provider`` and the machines it
+defines, with Debian's vagrant package.
+
+Why ``--ignore-provider``: CI machines (and this one) have no hypervisor, so neither
+VirtualBox nor libvirt is installed, and without a usable provider Vagrant refuses both
+``validate`` and ``status`` ("No usable default provider could be found for your
+system"). ``--ignore-provider`` validates everything but the ``config.vm.provider`` blocks
+and names each machine it validates (``==> cp: Ignoring provider config for
+validation...``), which is how the machines are counted here. The provider blocks are
+only exercised by ``vagrant up`` on a machine with VirtualBox or libvirt. No VM is started;
+Vagrant's data directory is redirected to a temp dir so the checkout stays clean."""
 
 from __future__ import annotations
 
@@ -23,21 +31,23 @@ def vagrant(tmp_path, *args, **env) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+def validate(tmp_path, **env) -> subprocess.CompletedProcess:
+    return vagrant(tmp_path, "validate", "--ignore-provider", **env)
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_vagrantfile_validates_and_defines_cp_and_workers(tmp_path, workers):
-    r = vagrant(tmp_path, "validate", K8S_SQL_WORKERS=workers)
+    r = validate(tmp_path, K8S_SQL_WORKERS=workers)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "validated successfully" in r.stdout
-    r = vagrant(tmp_path, "status", K8S_SQL_WORKERS=workers)
-    assert r.returncode == 0, r.stdout + r.stderr
-    machines = [line.split()[0] for line in r.stdout.splitlines() if line.rstrip().endswith(")")
-                and "not created" in line]
+    machines = [line.split()[1].rstrip(":") for line in r.stdout.splitlines()
+                if line.startswith("==> ") and "Ignoring provider config" in line]
     assert machines == ["cp"] + [f"worker{i}" for i in range(1, int(workers) + 1)]
     assert not os.path.exists(os.path.join(VAGRANT_DIR, ".playground")), "validate must not make keys"
 
 
 def test_bad_worker_count_is_refused(tmp_path):
-    r = vagrant(tmp_path, "validate", K8S_SQL_WORKERS="two")
+    r = validate(tmp_path, K8S_SQL_WORKERS="two")
     assert r.returncode != 0
     assert 'K8S_SQL_WORKERS must be a number from 0 to 20, got "two"' in r.stdout + r.stderr
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import io
-import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
-from k8s_sql.errors import ConfigError
+from k8s_sql import validation
+from k8s_sql.errors import ConfigError, FlagError
+from k8s_sql.shim.settings import DEFAULT_COMPACTION_INTERVAL, DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL
+from k8s_sql.validation import camel, client_network  # noqa: F401  (part of this module's API)
 
 API_VERSION = "k8s-sql.io/v1alpha1"
 KIND = "Cluster"
@@ -31,7 +33,9 @@ KIND = "Cluster"
 class NodeSpec:
     """The node ``init`` runs on."""
 
-    name: str = field(default_factory=lambda: socket.gethostname().split(".")[0].lower())
+    #: Node name (a lower-case RFC 1123 subdomain); empty = this machine's host name (its first
+    #: label, lower-cased), filled in by :func:`load`.
+    name: str = ""
     #: IPv4/IPv6 address the API server advertises; empty = the address of the default route.
     advertise_address: str = ""
     #: CRI socket (``unix:///var/run/crio/crio.sock``); empty = found on the node.
@@ -67,6 +71,9 @@ class PathsSpec:
     #: Addresses of further control-plane nodes whose shims reach the local PostgreSQL,
     #: one per line; ``k8s-sql join --control-plane`` adds to it (see postgres.clientAddresses).
     postgres_clients: str = "/etc/k8s-sql/postgres-clients"
+    #: The record of every file and directory k8s-sql created on the node (``reset``
+    #: removes only those, see :mod:`k8s_sql.state`).
+    state_file: str = "/var/lib/k8s-sql/state.json"
 
 
 @dataclass
@@ -113,8 +120,9 @@ class ShimSpec:
     metrics_port: int = 2381
     #: Numeric uid/gid the sidecar runs as (non-root); its key files are owned by it.
     run_as_user: int = 65532
-    compaction_interval: str = "5m"
-    watch_progress_notify_interval: str = "5s"
+    #: Go durations, passed to the sidecar's flags; the defaults are the shim's own.
+    compaction_interval: str = DEFAULT_COMPACTION_INTERVAL
+    watch_progress_notify_interval: str = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL
 
 
 @dataclass
@@ -136,31 +144,17 @@ class Cluster:
     shim: ShimSpec = field(default_factory=ShimSpec)
     certificates: CertificatesSpec = field(default_factory=CertificatesSpec)
 
-    def validate(self) -> None:
-        """Check values that have a fixed set of choices or a format.
+    def validate(self, labels: dict[str, str] | None = None) -> None:
+        """Check every field and the rules between fields (see :mod:`k8s_sql.validation`).
+
+        Args:
+            labels: camelCase dotted field -> name used in messages (a flag that set it).
 
         Raises:
-            ConfigError: naming the field (``postgres.mode``) and the allowed values.
+            ConfigError: naming the field (``field`` attribute: ``kubernetes.podSubnet``), the
+                value and what to do.
         """
-        _choice("postgres.mode", self.postgres.mode, ("local", "external"))
-        _choice("shim.kind", self.shim.kind, ("k8s-sql", "kine"))
-        _choice("kubernetes.containerRuntime", self.kubernetes.container_runtime, ("crio", "containerd"))
-        if not re.fullmatch(r"v?1\.\d+(\.\d+)?", self.kubernetes.version):
-            raise _invalid("kubernetes.version", f"kubernetes.version {self.kubernetes.version!r} is not a Kubernetes "
-                           "version", "use a version like v1.34.2")
-        if self.postgres.mode == "external" and not self.postgres.uri:
-            raise _invalid("postgres.mode", "postgres.mode is external but postgres.uri is empty",
-                           "set postgres.uri to a libpq URI, e.g. postgresql://db.example:5432/kubernetes")
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.postgres.role):
-            raise _invalid("postgres.role", f"postgres.role {self.postgres.role!r} is not a plain PostgreSQL "
-                           "identifier", "use lower-case letters, digits and _")
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.postgres.database):
-            raise _invalid("postgres.database", f"postgres.database {self.postgres.database!r} is not a plain "
-                           "PostgreSQL identifier", "use lower-case letters, digits and _")
-        for addr in self.postgres.client_addresses:
-            if client_network(addr) is None:
-                raise _invalid("postgres.clientAddresses", f"postgres.clientAddresses: {addr!r} is not an IP address "
-                               "or network", "use addresses like 192.0.2.11 or networks like 10.0.0.0/24")
+        validation.validate(self, labels)
 
     @property
     def kubernetes_minor(self) -> int:
@@ -176,93 +170,102 @@ class Cluster:
         return self.shim.image or f"localhost/k8s-sql-shim:{__version__}"
 
 
-def client_network(value: str) -> str | None:
-    """``value`` (an IPv4/IPv6 address or network) as a pg_hba address in CIDR form
-    (``192.0.2.11`` -> ``192.0.2.11/32``), or ``None`` when it is neither. Host bits set
-    in a network (``10.0.0.5/24``) make it invalid, as PostgreSQL would warn."""
-    try:
-        return str(ipaddress.ip_network(value.strip(), strict=True))
-    except ValueError:
-        return None
+def _line_of(source: str, data: Any, field_path: str) -> str | None:
+    """``source:line`` of a dotted field (``postgres.clientAddresses[1]``) in the parsed
+    document, or ``None`` when the file does not set it."""
+    node, where = data, None
+    for part in field_path.split(".") if field_path else []:
+        m = re.fullmatch(r"(\w+)\[(\d+)\]", part)
+        key, index = (m.group(1), int(m.group(2))) if m else (part, None)
+        if not isinstance(node, dict) or key not in node:
+            return None
+        where, node = _where(source, node, key), node[key]
+        if index is not None:
+            return _item_where(source, node, index) or where
+    return where
 
 
-def _invalid(field_path: str, what: str, hint: str) -> ConfigError:
-    """A ConfigError about ``field_path`` (camelCase dotted); :func:`load` adds its line."""
-    err = ConfigError(what, hint=hint)
-    err.field = field_path
-    return err
+def _section_of(source: str, data: Any, field_path: str) -> str:
+    """``source:line`` of the section holding ``field_path`` (``kubernetes:``), or ``source``."""
+    section = field_path.split(".")[0]
+    return _where(source, data, section) if isinstance(data, dict) and section in data else source
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise _invalid(name, f"{name} is {value!r}", "allowed values: " + ", ".join(allowed))
+_KINDS = {bool: "true or false", int: "an integer", str: "a string"}
 
 
-def _line_of(source: str, data: Any, field_path: str) -> str:
-    """``source:line`` of a dotted field in the parsed document, or ``source``."""
-    node, parts = data, field_path.split(".")
-    for i, part in enumerate(parts):
-        if not isinstance(node, dict) or part not in node:
-            return source
-        if i == len(parts) - 1:
-            return _where(source, node, part)
-        node = node[part]
-    return source
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
 
 
-def camel(name: str) -> str:
-    """``advertise_address`` -> ``advertiseAddress``."""
-    head, *rest = name.split("_")
-    return head + "".join(p.capitalize() for p in rest)
-
-
-def _build(cls: type, data: Any, path: str, source: str) -> Any:
+def _build(cls: type, data: dict, path: str, source: str) -> Any:
     """Make a ``cls`` dataclass from a ruamel mapping, with file:line in every error."""
     obj = cls()
-    if data is None:
-        return obj
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'the document'} must be a mapping", where=_where(source, data, None))
     hints = get_type_hints(cls)
     fields = {camel(f.name): f for f in dataclasses.fields(cls)}
     for key, value in data.items():
         dotted = f"{path}.{key}" if path else str(key)
+        where = _where(source, data, key)
         f = fields.get(key)
         if f is None:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             raise ConfigError(
                 f"unknown field {dotted!r}",
-                where=_where(source, data, key),
+                where=where,
                 hint=(f"did you mean {close[0]!r}? " if close else "")
                 + "valid fields here: " + ", ".join(fields),
             )
         typ = hints[f.name]
         if dataclasses.is_dataclass(typ):
+            if value is None:
+                raise ConfigError(f"{dotted} is empty (null)", where=where,
+                                  hint=f"give {dotted} its fields (see `k8s-sql config print-defaults`), "
+                                  "or remove the line to keep the defaults")
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted} must be a mapping of fields, got {_show(value)}", where=where,
+                                  hint=f"write it as {key}: {{field: value, ...}} "
+                                  "(see `k8s-sql config print-defaults`)")
             setattr(obj, f.name, _build(typ, value, dotted, source))
             continue
-        setattr(obj, f.name, _coerce(typ, value, dotted, _where(source, data, key)))
+        setattr(obj, f.name, _coerce(typ, value, dotted, where, source))
     return obj
 
 
-def _coerce(typ: Any, value: Any, dotted: str, where: str) -> Any:
+def _coerce(typ: Any, value: Any, dotted: str, where: str, source: str) -> Any:
     if get_origin(typ) is list:
         if isinstance(value, list):
-            return [_coerce(get_args(typ)[0], v, f"{dotted}[{i}]", where) for i, v in enumerate(value)]
-        raise ConfigError(f"{dotted} must be a list, got {value!r}", where=where,
+            return [_coerce(get_args(typ)[0], v, f"{dotted}[{i}]", _item_where(source, value, i) or where, source)
+                    for i, v in enumerate(value)]
+        if value is None:
+            raise ConfigError(f"{dotted} is empty (null)", where=where,
+                              hint=f"write an empty list as {dotted.rsplit('.', 1)[-1]}: [], or remove the line")
+        raise ConfigError(f"{dotted} must be a list, got {_show(value)}", where=where,
                           hint=f"write it as a YAML list, e.g. {dotted.rsplit('.', 1)[-1]}: [a, b]")
+    kind = _KINDS[typ]
+    if value is None:
+        raise ConfigError(f"{dotted} is empty (null)", where=where,
+                          hint=f"give it a value ({kind})" + (', e.g. "" for an empty string' if typ is str else "")
+                          + ", or remove the line for the default")
     if typ is bool:
         if isinstance(value, bool):
             return value
     elif typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)
     elif typ is str:
         if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"{dotted} must be a {typ.__name__}, got {value!r}", where=where,
-                      hint=f"see `k8s-sql config print-defaults` for the expected shape")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, float):  # 1.30 would silently become "1.3"
+            raise ConfigError(f"{dotted} must be a string, got the number {value!r}", where=where,
+                              hint="quote it, e.g. \"1.30\"")
+    raise ConfigError(f"{dotted} must be {kind}, got {_show(value)}", where=where,
+                      hint="see `k8s-sql config print-defaults` for the expected shape")
 
 
 def _where(source: str, data: Any, key: Any) -> str:
@@ -277,21 +280,84 @@ def _where(source: str, data: Any, key: Any) -> str:
     return f"{source}:{line}" if line else source
 
 
-def load(text: str | None, source: str = "<config>") -> Cluster:
-    """Parse a configuration document.
+def _item_where(source: str, seq: Any, index: int) -> str | None:
+    try:
+        return f"{source}:{seq.lc.item(index)[0] + 1}"
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return None
+
+
+def host_node_name() -> str:
+    """The default node name: this machine's host name, its first label, lower-cased.
+
+    Raises:
+        ConfigError: (field ``node.name``) that is not a valid node name.
+    """
+    raw = socket.gethostname()
+    name = raw.split(".")[0].lower()
+    if not validation.is_dns1123_subdomain(name):
+        better = validation.suggest_node_name(name)
+        raise validation.invalid("node.name", f"node.name is empty and this machine's host name {raw!r} is not a "
+                                 "valid node name (kubeadm requires a lower-case RFC 1123 subdomain)",
+                                 "set node.name in the configuration or pass --node-name"
+                                 + (f", e.g. {better}" if better else ""))
+    return name
+
+
+#: Flags of the command line: snake_case dotted field -> (flag, value).
+Flags = Mapping[str, "tuple[str, Any]"]
+
+
+def load(text: str | None, source: str = "<config>", flags: Flags | None = None) -> Cluster:
+    """Parse a configuration document, apply ``flags`` over it, validate the result and
+    fill in the node name when it is empty (see :func:`host_node_name`).
 
     Args:
         text: YAML text; ``None`` or empty gives the defaults.
         source: file name used in error messages.
+        flags: values from the command line by snake_case dotted field
+            (``{"kubernetes.pod_subnet": ("--pod-network-cidr", "10.244.0.0/16")}``);
+            they win over the file and go through the same validation.
 
     Raises:
-        ConfigError: bad YAML, wrong ``apiVersion``/``kind``, an unknown field or a value of
-            the wrong type, with ``source:line`` and a hint.
+        ConfigError: bad YAML, wrong ``apiVersion``/``kind``, an unknown field, a value of
+            the wrong type or an invalid one, with ``source:line`` and a hint.
+        FlagError: a flag's value is invalid (message names the flag; exit code 2).
     """
-    if not text or not text.strip():
+    data: Any = None
+    if text and text.strip():
+        data = _parse(text, source)
+        body = CommentedMap((k, v) for k, v in data.items() if k not in ("apiVersion", "kind"))
+        body._yaml_line_col = data.lc
+        cfg = _build(Cluster, body, "", source)
+    else:
         cfg = Cluster()
-        cfg.validate()
-        return cfg
+    labels = {}
+    for dotted, (flag, value) in (flags or {}).items():
+        set_value(cfg, dotted, value)
+        labels[".".join(camel(p) for p in dotted.split("."))] = flag
+    try:
+        cfg.validate(labels)
+        if not cfg.node.name:
+            cfg.node.name = host_node_name()
+    except ConfigError as e:
+        # the error is shown at the first field of the rule that the user set: a flag, a line
+        # of the file; else at the section of the field, or the file
+        fields = [f for f in (getattr(e, "field", ""), *getattr(e, "also", ())) if f]
+        for f in fields:
+            if re.sub(r"\[\d+\]$", "", f) in labels:
+                err = FlagError(e.what, hint=e.hint)
+                err.field = f
+                raise err from None
+        if data is not None and not e.where:
+            lines = [w for w in (_line_of(source, data, f) for f in fields) if w]
+            e.where = lines[0] if lines else _section_of(source, data, fields[0] if fields else "")
+        raise
+    return cfg
+
+
+def _parse(text: str, source: str) -> CommentedMap:
+    """The YAML mapping of a configuration document, its apiVersion and kind checked."""
     yaml = YAML(typ="rt")
     try:
         data = yaml.load(text)
@@ -299,8 +365,12 @@ def load(text: str | None, source: str = "<config>") -> Cluster:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+    except (ValueError, TypeError, RecursionError) as e:  # a tagged or date-like scalar that does not parse
+        raise ConfigError(f"not valid YAML: a value cannot be read ({e or 'nested too deeply'})", where=source,
+                          hint="quote the value if it is meant as a string") from None
     if not isinstance(data, CommentedMap):
-        raise ConfigError("the file must be a mapping with apiVersion and kind", where=source)
+        raise ConfigError("the file must be a mapping with apiVersion and kind", where=source,
+                          hint="start from `k8s-sql config print-defaults`")
     api = data.get("apiVersion")
     if api != API_VERSION:
         raise ConfigError(f"apiVersion is {api!r}", where=_where(source, data, "apiVersion" if api else None),
@@ -308,32 +378,27 @@ def load(text: str | None, source: str = "<config>") -> Cluster:
     if data.get("kind") != KIND:
         raise ConfigError(f"kind is {data.get('kind')!r}", where=_where(source, data, "kind" if "kind" in data else None),
                           hint=f"set kind: {KIND}")
-    body = CommentedMap((k, v) for k, v in data.items() if k not in ("apiVersion", "kind"))
-    body._yaml_line_col = data.lc
-    cfg = _build(Cluster, body, "", source)
-    try:
-        cfg.validate()
-    except ConfigError as e:
-        e.where = e.where or _line_of(source, data, getattr(e, "field", ""))
-        raise
-    return cfg
+    return data
 
 
-def load_file(path: str | None) -> Cluster:
-    """Load ``path`` (``None`` = defaults).
+def load_file(path: str | None, flags: Flags | None = None) -> Cluster:
+    """Load ``path`` (``None`` = defaults) with ``flags`` over it (see :func:`load`).
 
     Raises:
         ConfigError: the file is missing or unreadable, or as :func:`load`.
     """
     if path is None:
-        return load(None)
+        return load(None, flags=flags)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read the configuration file: {e.strerror}", where=path,
                           hint="pass an existing file with --config, or omit it for the defaults") from None
-    return load(text, path)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"the configuration file is not UTF-8 text (byte {e.start})", where=path,
+                          hint="pass a YAML file (`k8s-sql config print-defaults` writes one)") from None
+    return load(text, path, flags)
 
 
 def set_value(cfg: Cluster, dotted: str, value: Any) -> None:
@@ -345,18 +410,40 @@ def set_value(cfg: Cluster, dotted: str, value: Any) -> None:
     setattr(obj, last, value)
 
 
-def dump(cfg: Cluster) -> str:
-    """The configuration as a YAML document with apiVersion and kind first."""
+#: Where the value of a field left empty comes from (``config print-defaults`` shows these).
+DEFAULT_NOTES = {
+    "node.name": "empty: the host name of the node at init time (first label, lower-cased)",
+    "node.advertiseAddress": "empty: the node's address on its default route",
+    "node.criSocket": "empty: the CRI socket found on the node",
+    "kubernetes.controlPlaneEndpoint": "empty: this node's API server alone",
+    "postgres.uri": "only for mode: external",
+    "postgres.version": "empty: the major version installed on the node",
+    "postgres.configDir": "empty: from pg_lsclusters",
+    "postgres.dataDir": "empty: from pg_lsclusters",
+    "shim.image": "empty: localhost/k8s-sql-shim:<version>, built by the shim phase",
+    "shim.compactionInterval": "Go duration, as the shim's --compaction-interval; 0 = off (kube-apiserver compacts)",
+}
 
-    def to_map(obj: Any) -> CommentedMap:
+
+def dump(cfg: Cluster, notes: bool = False) -> str:
+    """The configuration as a YAML document with apiVersion and kind first; with ``notes``,
+    a comment at each field in :data:`DEFAULT_NOTES` (for ``config print-defaults``)."""
+
+    def to_map(obj: Any, path: str) -> CommentedMap:
         m = CommentedMap()
         for f in dataclasses.fields(obj):
             v = getattr(obj, f.name)
-            m[camel(f.name)] = to_map(v) if dataclasses.is_dataclass(v) else v
+            key = camel(f.name)
+            m[key] = to_map(v, f"{path}{key}.") if dataclasses.is_dataclass(v) else v
+            if notes and f"{path}{key}" in DEFAULT_NOTES:
+                m.yaml_add_eol_comment(DEFAULT_NOTES[f"{path}{key}"], key, column=0)
         return m
 
     doc = CommentedMap(apiVersion=API_VERSION, kind=KIND)
-    doc.update(to_map(cfg))
+    doc.update(to_map(cfg, ""))
+    if notes:
+        doc.yaml_set_start_comment("k8s-sql configuration: every field at its default. Fields left empty are\n"
+                                   "filled in on the node at init time, as the comments say.")
     out = io.StringIO()
     yaml = YAML()
     yaml.dump(doc, out)

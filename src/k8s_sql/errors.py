@@ -38,3 +38,10 @@ class ConfigError(K8sSqlError):
 
 class CommandError(K8sSqlError):
     """A command run on a host failed (non-zero exit, missing binary, timeout)."""
+
+
+class FlagError(ConfigError):
+    """A command-line flag has an invalid value: a usage error, exit code 2 (as Click's
+    "Invalid value for '--flag'"), while a bad value in the configuration file exits 1."""
+
+    exit_code = 2

@@ -3,16 +3,19 @@
 Phases never call ``subprocess`` or ``open`` themselves: they talk to a :class:`Host`, so
 the same phase runs on this machine (:class:`LocalHost`) or over SSH (``k8s_sql.remote``).
 A :class:`DryRunHost` wraps either one and records writes instead of doing them, so the
-phases after it plan against the files earlier phases *would* have written.
+phases after it plan against the files earlier phases *would* have written. A
+:class:`ScratchHost` is a node's file tree in a directory (``--root``): files under it,
+commands recorded rather than run.
 """
 
 from __future__ import annotations
 
 import grp
 import os
+import posixpath
 import pwd
 import shlex
-import shutil
+import stat as stat_mod
 import subprocess
 import sys
 import tempfile
@@ -55,6 +58,9 @@ class Host(ABC):
     """
 
     name: str = "localhost"
+    #: Whether commands act on a running system (``False`` for a :class:`ScratchHost`,
+    #: which records them instead: what they would change cannot be verified there).
+    live: bool = True
 
     @abstractmethod
     def run(
@@ -109,7 +115,25 @@ class Host(ABC):
 
     @abstractmethod
     def remove(self, path: str) -> None:
-        """Delete a file; a missing file is not an error."""
+        """Delete a file (or a symbolic link, not what it points to); a missing file is not
+        an error.
+
+        Raises:
+            CommandError: ``path`` is a directory (never removed with its content: see
+                :meth:`rmdir`), or it cannot be removed.
+        """
+
+    @abstractmethod
+    def rmdir(self, path: str) -> None:
+        """Delete an empty directory; a missing one is not an error.
+
+        Raises:
+            CommandError: it is not empty, or not a directory.
+        """
+
+    @abstractmethod
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory (a symbolic link to one is not)."""
 
     @abstractmethod
     def makedirs(self, path: str, mode: int = 0o755) -> None:
@@ -139,6 +163,19 @@ class Host(ABC):
     def is_root(self) -> bool:
         return self.run(["id", "-u"]).stdout.strip() == "0"
 
+    def readable_by(self, path: str, user: str) -> bool:
+        """Whether OS user ``user`` can read ``path`` (``test -r`` as that user: the file's
+        mode and every directory above it count)."""
+        return self.run(["test", "-r", path], user=user, check=False).ok
+
+    def chown(self, path: str, owner: str, group: str | None = None) -> None:
+        """Give ``path`` (not what it contains) to ``owner`` and ``group`` (names or ids).
+
+        Raises:
+            CommandError: no such user or group, or ``path`` is missing.
+        """
+        self.run(["chown", "-h", f"{owner}:{group}" if group else owner, "--", path])
+
 
 def _check(argv: list[str], res: Result, host: str) -> Result:
     if res.returncode != 0:
@@ -157,6 +194,21 @@ def _uid(owner: str) -> int:
 
 def _gid(group: str) -> int:
     return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+
+
+def _makedirs(path: str, mode: int) -> None:
+    """``os.makedirs`` whose new directories get exactly ``mode``, whatever the umask: under
+    ``umask 077`` a pki directory made 0700 would keep the shim (uid 65532) and postgres out."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            continue
+        os.chmod(d, mode)
 
 
 class LocalHost(Host):
@@ -221,9 +273,9 @@ class LocalHost(Host):
     def write_bytes(self, path, data, *, mode=0o644, owner=None, group=None, tmp_dir=None):
         target = self._p(path)
         parent = os.path.dirname(target)
-        os.makedirs(parent, mode=0o755, exist_ok=True)
+        _makedirs(parent, 0o755)
         tdir = self._p(tmp_dir) if tmp_dir else parent
-        os.makedirs(tdir, mode=0o700, exist_ok=True)
+        _makedirs(tdir, 0o700)
         fd, tmp = tempfile.mkstemp(prefix=".k8s-sql-", dir=tdir)
         try:
             os.fchmod(fd, mode)
@@ -258,22 +310,102 @@ class LocalHost(Host):
 
     def remove(self, path):
         p = self._p(path)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        else:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+        if self.is_dir(path):
+            raise CommandError(f"will not remove {path}: it is a directory", where=self.name,
+                               hint="k8s-sql removes only files it wrote, and directories only when empty")
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise CommandError(f"cannot remove {path}: {e.strerror}", where=self.name) from None
+
+    def rmdir(self, path):
+        try:
+            os.rmdir(self._p(path))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise CommandError(f"cannot remove the directory {path}: {e.strerror}", where=self.name) from None
+
+    def is_dir(self, path):
+        try:
+            return stat_mod.S_ISDIR(os.lstat(self._p(path)).st_mode)
+        except OSError:
+            return False
 
     def makedirs(self, path, mode=0o755):
-        os.makedirs(self._p(path), mode=mode, exist_ok=True)
+        _makedirs(self._p(path), mode)
 
     def listdir(self, path):
         try:
             return sorted(os.listdir(self._p(path)))
         except FileNotFoundError:
             return []
+
+    def chown(self, path, owner, group=None):
+        try:
+            os.lchown(self._p(path), _uid(owner), _gid(group) if group else -1)
+        except (OSError, KeyError) as e:
+            raise CommandError(f"cannot give {path} to {owner}{':' + group if group else ''}: {e}",
+                               where=self.name) from None
+
+
+class ScratchHost(LocalHost):
+    """A node's file tree under ``root`` instead of a running system (``k8s-sql init phase
+    prereqs --root DIR``: image builds, tests).
+
+    Files are read and written under ``root`` as with :class:`LocalHost`. Commands would act
+    on this machine, not on the tree, so the host answers the queries phases make about
+    what is installed from the tree itself, and runs nothing else:
+
+    - ``which``: an executable in the tree's ``/usr/local/sbin``, ``/usr/local/bin``,
+      ``/usr/sbin``, ``/usr/bin``, ``/sbin`` or ``/bin``;
+    - ``dpkg-query``: run with ``--admindir=<root>/var/lib/dpkg`` (the tree's packages);
+    - ``systemctl is-enabled UNIT``: the tree has
+      ``/etc/systemd/system/multi-user.target.wants/UNIT.service``; ``systemctl is-active``
+      answers the same (an enabled unit starts when the tree boots);
+    - any other command is not run: it is recorded in :attr:`skipped`, printed as
+      ``skipped under --root: <command>``, and returns success with no output.
+
+    :attr:`live` is ``False``: nothing those commands change can be checked afterwards.
+    """
+
+    live = False
+    BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+    WANTS_DIR = "/etc/systemd/system/multi-user.target.wants"
+
+    def __init__(self, root: str):
+        super().__init__(root=root)
+        self.skipped: list[list[str]] = []
+
+    def run(self, argv, *, check=True, input=None, user=None, env=None, stream=False, timeout=None):
+        argv = [str(a) for a in argv]
+        if argv and argv[0] == "dpkg-query":
+            admindir = os.path.join(self.root, "var/lib/dpkg")
+            return super().run([argv[0], f"--admindir={admindir}", *argv[1:]], check=check, input=input,
+                               env=env, timeout=timeout)
+        if argv[:1] == ["systemctl"] and len(argv) >= 3 and argv[1] in ("is-enabled", "is-active"):
+            unit = argv[-1] if argv[-1].endswith(".service") else argv[-1] + ".service"
+            res = Result(0 if self.exists(posixpath.join(self.WANTS_DIR, unit)) else 1)
+            return _check(argv, res, self.name) if check else res
+        self.skipped.append(argv)
+        sys.stdout.write(f"    skipped under --root: {shlex.join(argv)}\n")
+        sys.stdout.flush()
+        return Result(0)
+
+    def which(self, binary):
+        for d in self.BIN_DIRS:
+            path = posixpath.join(d, binary)
+            if os.access(self._p(path), os.X_OK) and not os.path.isdir(self._p(path)):
+                return path
+        return None
+
+    def is_root(self):
+        return os.geteuid() == 0  # the tree's files are written by this process
+
+    def readable_by(self, path, user):
+        return self.exists(path)
 
 
 class DryRunHost(Host):
@@ -284,6 +416,7 @@ class DryRunHost(Host):
     def __init__(self, inner: Host):
         self.inner = inner
         self.name = inner.name
+        self.live = inner.live
         self.files: dict[str, tuple[bytes, FileInfo] | None] = {}
 
     def run(self, argv, **kwargs):
@@ -305,9 +438,23 @@ class DryRunHost(Host):
         return self.inner.stat(path)
 
     def remove(self, path):
+        if self.is_dir(path):
+            raise CommandError(f"will not remove {path}: it is a directory", where=self.name,
+                               hint="k8s-sql removes only files it wrote, and directories only when empty")
         self.files[path] = None
 
+    def rmdir(self, path):
+        if self.listdir(path):
+            raise CommandError(f"cannot remove the directory {path}: Directory not empty", where=self.name)
+        self.files[path] = None
+
+    def is_dir(self, path):
+        return path not in self.files and self.inner.is_dir(path)
+
     def makedirs(self, path, mode=0o755):
+        pass
+
+    def chown(self, path, owner, group=None):
         pass
 
     def listdir(self, path):
@@ -326,3 +473,20 @@ class DryRunHost(Host):
 
     def is_root(self):
         return self.inner.is_root()
+
+    def readable_by(self, path, user):
+        """For a file written in this dry run: its planned owner and mode, and the nearest
+        existing directory above it searchable by ``user`` on the real host (missing
+        directories are created 0755). Otherwise the real host answers."""
+        if path not in self.files:
+            return self.inner.readable_by(path, user)
+        entry = self.files[path]
+        if entry is None:
+            return False
+        info = entry[1]
+        if not (info.mode & 0o004 or (info.owner == user and info.mode & 0o400)):
+            return False
+        parent = posixpath.dirname(path)
+        while parent not in ("", "/") and self.stat(parent) is None:
+            parent = posixpath.dirname(parent)
+        return self.inner.run(["test", "-x", parent or "/"], user=user, check=False).ok

@@ -1,6 +1,7 @@
 """Which operating system a node runs (``/etc/os-release``) and what k8s-sql supports.
 
-Supported: Debian 12 (bookworm) and 13 (trixie), Ubuntu 22.04 (jammy) and 24.04 (noble).
+Supported: Debian 12 (bookworm) and 13 (trixie), Ubuntu 24.04 (noble). Releases known not
+to work are refused with the reason (:data:`UNSUPPORTED`).
 ``default_postgres`` is the PostgreSQL major the distribution ships (its ``postgresql``
 metapackage); other majors come from apt.postgresql.org.
 """
@@ -31,8 +32,13 @@ class OsInfo:
 SUPPORTED: dict[tuple[str, str], tuple[str, int]] = {
     ("debian", "12"): ("bookworm", 15),
     ("debian", "13"): ("trixie", 17),
-    ("ubuntu", "22.04"): ("jammy", 14),
     ("ubuntu", "24.04"): ("noble", 16),
+}
+
+#: (ID, VERSION_ID) -> why k8s-sql does not run there.
+UNSUPPORTED: dict[tuple[str, str], str] = {
+    ("ubuntu", "22.04"): "its Python is 3.10 (k8s-sql needs 3.11), and its libpq 14 does not match IP addresses "
+                         "in server certificates, so the verify-full connection to 127.0.0.1 fails",
 }
 
 
@@ -67,7 +73,8 @@ def detect(text: str | None, where: str = OS_RELEASE) -> OsInfo:
     key = (fields.get("ID", ""), fields.get("VERSION_ID", ""))
     if key not in SUPPORTED:
         name = fields.get("PRETTY_NAME") or f"{key[0]} {key[1]}".strip() or "unknown"
-        raise K8sSqlError(f"{name} is not supported", where=where, hint=f"use one of: {supported}")
+        why = f": {UNSUPPORTED[key]}" if key in UNSUPPORTED else ""
+        raise K8sSqlError(f"{name} is not supported{why}", where=where, hint=f"use one of: {supported}")
     codename, pg = SUPPORTED[key]
     return OsInfo(key[0], key[1], fields.get("VERSION_CODENAME") or codename,
                   fields.get("PRETTY_NAME", f"{key[0]} {key[1]}"), pg)

@@ -268,7 +268,7 @@ class RemoteHost(Host):
         parent = os.path.dirname(path) or "/"
         tdir = tmp_dir or parent
         script = (
-            'set -e; up=$1; target=$2; tdir=$3; parent=$4; shift 4\n'
+            'set -e; up=$1; target=$2; tdir=$3; parent=$4; shift 4; umask 022\n'
             'trap \'rm -f "$up"; [ -z "${tmp:-}" ] || rm -f "$tmp"\' EXIT\n'
             '[ -d "$parent" ] || mkdir -p -m 0755 "$parent"\n'
             '[ -d "$tdir" ] || mkdir -p -m 0700 "$tdir"\n'
@@ -293,10 +293,25 @@ class RemoteHost(Host):
                         gid if group == "UNKNOWN" else group, int(size))
 
     def remove(self, path):
-        self.run(["rm", "-rf", "--", path])
+        # exit 3: a directory, which is never removed with its content
+        res = self._sh('if [ -d "$1" ] && [ ! -L "$1" ]; then exit 3; fi; rm -f -- "$1"', path, check=False)
+        if res.returncode == 3:
+            raise CommandError(f"will not remove {path}: it is a directory", where=self.name,
+                               hint="k8s-sql removes only files it wrote, and directories only when empty")
+        if not res.ok:
+            raise CommandError(f"cannot remove {path}: {(res.stderr or res.stdout).strip()}", where=self.name)
+
+    def rmdir(self, path):
+        res = self._sh('[ -e "$1" ] || [ -L "$1" ] || exit 0; rmdir -- "$1"', path, check=False)
+        if not res.ok:
+            raise CommandError(f"cannot remove the directory {path}: {(res.stderr or res.stdout).strip()}",
+                               where=self.name)
+
+    def is_dir(self, path):
+        return self._sh('[ -d "$1" ] && [ ! -L "$1" ]', path, check=False).ok
 
     def makedirs(self, path, mode=0o755):
-        self._sh('[ -d "$2" ] || mkdir -p -m "$1" -- "$2"', f"{mode:04o}", path)
+        self._sh('umask 022; [ -d "$2" ] || mkdir -p -m "$1" -- "$2"', f"{mode:04o}", path)
 
     def listdir(self, path):
         res = self._sh('[ -d "$1" ] || exit 0; find "$1" -mindepth 1 -maxdepth 1 -printf "%f\\n"', path)

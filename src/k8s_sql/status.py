@@ -14,6 +14,11 @@ down. Sources:
   ``paths.kubeconfig``;
 - certificates: the datastore certificates as ``k8s-sql certs check-expiration`` reads
   them, and every ``*.crt`` of kubeadm's ``/etc/kubernetes/pki`` with its notAfter.
+
+Which parts must be up depends on the node (:func:`node_role`, read from its files): on a
+control-plane node the shim and the API server, and PostgreSQL when it is this node's; on a
+worker none of them. ``collect()["down"]`` lists the expected parts that are not up — what
+makes ``k8s-sql status`` exit 1.
 """
 
 from __future__ import annotations
@@ -22,16 +27,107 @@ import datetime as dt
 import json
 import posixpath
 import re
-
-from cryptography import x509
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from k8s_sql.config import Cluster
 from k8s_sql.errors import K8sSqlError
-from k8s_sql.cli.certs import inspect as inspect_datastore_certs
 from k8s_sql.host import Host, Result
+from k8s_sql.kubeadm import sidecar, yamlio
 from k8s_sql.pg.cluster import psql
+from k8s_sql.pki import files
+from k8s_sql.pki.expiry import inspect as inspect_datastore_certs
+from k8s_sql.pki.expiry import load_certificate
 
 KUBEADM_PKI = "/etc/kubernetes/pki"
+#: The parts ``status`` probes, as keys of :func:`collect`'s dict, in the order it shows them.
+PARTS = ("postgres", "shim", "apiserver")
+
+
+@dataclass(frozen=True)
+class NodeRole:
+    """What k8s-sql runs on a node, read from the node's files by :func:`node_role`.
+
+    ``kind``: ``control-plane`` (kubeadm's kube-apiserver static pod is there), ``worker``
+    (kubeadm's ``kubelet.conf`` without that pod) or ``new`` (neither: nothing is set up
+    yet, so everything ``k8s-sql init`` would run is expected). ``postgres``: where the
+    shim's PostgreSQL is — ``local`` (this node's), ``remote`` (another node's, as after
+    ``k8s-sql join --control-plane``; ``postgres_host`` names it), ``external``
+    (``postgres.mode: external``) or ``none`` (a worker has no shim).
+    """
+
+    kind: str
+    postgres: str
+    postgres_host: str | None = None
+
+    @property
+    def expected(self) -> tuple[str, ...]:
+        """The parts (of :data:`PARTS`) that must be up on this node."""
+        if self.kind == "worker":
+            return ()
+        return tuple(p for p in PARTS if p != "postgres" or self.postgres == "local")
+
+    @property
+    def needed_certificates(self) -> frozenset[str]:
+        """The datastore certificates (file names) this node uses: none on a worker; all but
+        PostgreSQL's serving certificate when PostgreSQL is not this node's (``join
+        --control-plane`` does not copy it)."""
+        if self.kind == "worker":
+            return frozenset()
+        return frozenset(n for n in files.ALL_CERTS if n != files.POSTGRES_SERVER_CERT or self.postgres == "local")
+
+    def absent(self, part: str) -> str:
+        """Why ``part`` is not expected here (shown instead of probing it)."""
+        if self.kind == "worker":
+            return "not on this node: a worker (kubelet.conf, no kube-apiserver static pod)"
+        if self.postgres == "external":
+            return "external server (postgres.uri): not probed from the node"
+        return f"not on this node: the shim's PostgreSQL is on {self.postgres_host}"
+
+
+def _shim_datastore_host(manifest_text: str, source: str) -> str | None:
+    """The host the etcd-shim sidecar of a kube-apiserver manifest connects to (``--datastore``
+    of ours, ``--endpoint`` of Kine; ``""`` for a Unix socket), or ``None`` without a sidecar."""
+    try:
+        pod = yamlio.load(manifest_text, source)
+    except K8sSqlError:
+        return None
+    spec = pod.get("spec") if isinstance(pod, dict) else None
+    containers = spec.get("containers") if isinstance(spec, dict) else None
+    for c in containers if isinstance(containers, list) else []:
+        if not isinstance(c, dict) or c.get("name") != sidecar.CONTAINER_NAME:
+            continue
+        for arg in c.get("args") or []:
+            name, _, value = str(arg).partition("=")
+            if name in ("--datastore", "--endpoint"):
+                if "://" in value:
+                    return urlsplit(value).hostname or ""
+                m = re.search(r"(?:^|\s)host=(\S+)", value)
+                return m.group(1) if m else ""
+    return None
+
+
+def node_role(host: Host, cfg: Cluster) -> NodeRole:
+    """What runs on the node (see :class:`NodeRole`), from kubeadm's files: the kube-apiserver
+    static pod in ``paths.manifestsDir`` (and where its etcd-shim sidecar's datastore is),
+    ``kubelet.conf`` beside ``paths.kubeconfig``. A datastore on loopback, a Unix socket or
+    ``postgres.host`` is this node's PostgreSQL."""
+    external = cfg.postgres.mode == "external"
+    manifest = posixpath.join(cfg.paths.manifests_dir, "kube-apiserver.yaml")
+    try:
+        text = host.read_text(manifest)
+    except (K8sSqlError, UnicodeDecodeError):
+        text = ""  # there but unreadable: still a control plane
+    if text is None:
+        if host.exists(posixpath.join(posixpath.dirname(cfg.paths.kubeconfig), "kubelet.conf")):
+            return NodeRole("worker", "none")
+        return NodeRole("new", "external" if external else "local")
+    if external:
+        return NodeRole("control-plane", "external")
+    where = _shim_datastore_host(text, manifest)
+    if where is None or where in ("", "localhost", "127.0.0.1", "::1", cfg.postgres.host) or where.startswith("/"):
+        return NodeRole("control-plane", "local")
+    return NodeRole("control-plane", "remote", where)
 
 
 def _reason(res: Result) -> str:
@@ -158,18 +254,23 @@ def _listdir(host: Host, path: str) -> list[str]:
         return []
 
 
-def certificates(host: Host, cfg: Cluster, now: dt.datetime | None = None) -> list[dict]:
+def certificates(host: Host, cfg: Cluster, now: dt.datetime | None = None, *,
+                 needed: frozenset[str] = frozenset(files.ALL_CERTS), kubeadm_pki: str = KUBEADM_PKI) -> list[dict]:
     """``[{"path", "state" (ok, missing, invalid), "not_after" (ISO 8601, UTC), "days_left"}]``:
-    the datastore certificates of ``paths.pkiDir`` (``certs check-expiration``'s data, missing
-    ones included), then every ``*.crt`` of kubeadm's pki dir (one level of subdirectories)."""
+    the datastore certificates of ``paths.pkiDir`` (``certs check-expiration``'s data; a
+    missing one only when it is ``needed``, see :attr:`NodeRole.needed_certificates`), then
+    every ``*.crt`` of kubeadm's pki dir ``kubeadm_pki`` (one level of subdirectories).
+    Certificates with serial number 0 (CAs of kubeadm before 1.28) are read like any other."""
     now = now or dt.datetime.now(dt.timezone.utc)
     out = []
     for row in inspect_datastore_certs(host, cfg.paths.pki_dir, now):
+        if row["state"] == "missing" and row["name"] not in needed:
+            continue
         secs = row["residual_seconds"]
         out.append({"path": row["path"], "state": row["state"], "not_after": row["expires"],
                     "days_left": None if secs is None else secs // 86400})
     seen = {c["path"] for c in out}
-    base = KUBEADM_PKI
+    base = kubeadm_pki
     dirs = [base] + [posixpath.join(base, d) for d in _listdir(host, base) if not d.endswith((".crt", ".key"))]
     for d in dirs:
         for name in _listdir(host, d):
@@ -177,7 +278,7 @@ def certificates(host: Host, cfg: Cluster, now: dt.datetime | None = None) -> li
             if not name.endswith(".crt") or path in seen:
                 continue
             try:
-                end = x509.load_pem_x509_certificate(host.read_bytes(path) or b"").not_valid_after_utc
+                end = load_certificate(host.read_bytes(path) or b"").not_valid_after_utc
             except (ValueError, K8sSqlError):
                 out.append({"path": path, "state": "invalid", "not_after": None, "days_left": None})
                 continue
@@ -186,7 +287,27 @@ def certificates(host: Host, cfg: Cluster, now: dt.datetime | None = None) -> li
 
 
 def collect(host: Host, cfg: Cluster) -> dict:
-    """Everything ``k8s-sql status`` shows, as one JSON-able dict (``--output json``)."""
-    api, nodes = apiserver_status(host, cfg)
-    return {"host": host.name, "postgres": postgres_status(host, cfg), "shim": shim_status(host, cfg),
-            "apiserver": api, "nodes": nodes, "certificates": certificates(host, cfg)}
+    """Everything ``k8s-sql status`` shows, as one JSON-able dict (``--output json``):
+    ``host``; ``role`` (``{"kind", "postgres", "postgres_host"}``, see :class:`NodeRole`);
+    ``postgres``, ``shim``, ``apiserver`` (each with ``up``, ``expected`` and a ``reason``
+    when down; a part not expected on this node is not probed); ``nodes``;
+    ``certificates``; ``down`` (the expected parts that are not up, in :data:`PARTS` order)."""
+    role = node_role(host, cfg)
+    parts: dict[str, dict] = {}
+    nodes: list[dict] = []
+    for part in PARTS:
+        if part not in role.expected:
+            parts[part] = {"up": False, "expected": False, "reason": role.absent(part)}
+            continue
+        if part == "postgres":
+            parts[part] = postgres_status(host, cfg)
+        elif part == "shim":
+            parts[part] = shim_status(host, cfg)
+        else:
+            parts[part], nodes = apiserver_status(host, cfg)
+        parts[part]["expected"] = True
+    return {"host": host.name,
+            "role": {"kind": role.kind, "postgres": role.postgres, "postgres_host": role.postgres_host},
+            **parts, "nodes": nodes,
+            "certificates": certificates(host, cfg, needed=role.needed_certificates),
+            "down": [p for p in PARTS if parts[p]["expected"] and not parts[p]["up"]]}

@@ -46,12 +46,20 @@ def version() -> None:
     typer.echo(f"k8s-sql {__version__}")
 
 
+#: Set to 1 to see the Python traceback of an unexpected error (a bug) instead of one line.
+DEBUG_ENV = "K8S_SQL_DEBUG"
+
+
 def main() -> None:
     """Console entry point: exit 0 on success, 1 on a failure, 2 on a usage error.
 
     Typer's standalone mode handles usage errors (exit 2); a :class:`K8sSqlError` from a
-    command is printed without a traceback and exits 1.
+    command is printed without a traceback and exits 1. Any other exception is a bug in
+    k8s-sql: it is printed as one line naming the exception, with a hint to report it, and
+    exits 1; with ``K8S_SQL_DEBUG=1`` in the environment it is re-raised (traceback).
     """
+    import os
+
     try:
         app()
     except K8sSqlError as e:
@@ -60,3 +68,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: never a traceback for a user
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        detail = " ".join(str(e).split()) or "no message"
+        err_console.print(f"[bold red]error:[/bold red] unexpected {escape(type(e).__name__)}: {escape(detail)}\n"
+                          f"  hint: this is a bug in k8s-sql; please report it with the command you ran and "
+                          f"this message (run again with {DEBUG_ENV}=1 for the traceback)", highlight=False)
+        sys.exit(1)

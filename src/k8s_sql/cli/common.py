@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.rich_utils
 from rich.console import Console
 
 from k8s_sql import config as configmod
 from k8s_sql.config import Cluster
 from k8s_sql.host import DryRunHost, Host, LocalHost
-from k8s_sql.phases.base import Context
+from k8s_sql.phases.base import Context, RunOptions
+from k8s_sql.state import State
+
+# Help text is rich markup: a literal "[" is written "\[" (else "[default: x]" is eaten as a tag).
+# Without a terminal (a pipe, CliRunner, CI logs) rich would lay help out in 80 columns and cut
+# long option names and values; use 120 there unless TERMINAL_WIDTH or COLUMNS says otherwise.
+if typer.rich_utils.MAX_WIDTH is None and not os.environ.get("COLUMNS") and not sys.stdout.isatty():
+    typer.rich_utils.MAX_WIDTH = 120
 
 console = Console()
-err_console = Console(stderr=True)
+#: Errors are not wrapped: a message and its hint stay on one line each, for logs and grep.
+err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", "-c", help="Path to a k8s-sql configuration file (apiVersion: k8s-sql.io/v1alpha1, kind: Cluster). "
@@ -22,14 +33,14 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="Print what would be done, with a diff of every file that would be written; change nothing.")]
 NodeNameOpt = Annotated[Optional[str], typer.Option(
-    "--node-name", help="Name of this node in the cluster [default: the host name].", show_default=False)]
+    "--node-name", help="Name of this node in the cluster \\[default: the host name].", show_default=False)]
 AdvertiseOpt = Annotated[Optional[str], typer.Option(
     "--apiserver-advertise-address", help="IP address the API server advertises "
-    "[default: the address of the default route].", show_default=False)]
+    "\\[default: the address of the default route].", show_default=False)]
 VersionOpt = Annotated[Optional[str], typer.Option(
     "--kubernetes-version", help="Kubernetes version to install, e.g. v1.34.2.", show_default=False)]
 CriOpt = Annotated[Optional[str], typer.Option(
-    "--cri-socket", help="CRI socket, e.g. unix:///var/run/crio/crio.sock [default: found on the node].",
+    "--cri-socket", help="CRI socket, e.g. unix:///var/run/crio/crio.sock \\[default: found on the node].",
     show_default=False)]
 PodSubnetOpt = Annotated[Optional[str], typer.Option(
     "--pod-network-cidr", help="Pod subnet, as kubeadm's flag of the same name.", show_default=False)]
@@ -37,7 +48,7 @@ ShimOpt = Annotated[Optional[str], typer.Option(
     "--shim", help="Which etcd shim runs beside kube-apiserver: k8s-sql (ours) or kine (upstream Kine).",
     show_default=False)]
 ShimImageOpt = Annotated[Optional[str], typer.Option(
-    "--shim-image", help="Image reference of the shim sidecar [default: built on the node by the shim phase].",
+    "--shim-image", help="Image reference of the shim sidecar \\[default: built on the node by the shim phase].",
     show_default=False)]
 PostgresUriOpt = Annotated[Optional[str], typer.Option(
     "--postgres-uri", help="libpq URI of an existing PostgreSQL server; switches postgres.mode to external "
@@ -55,34 +66,37 @@ SshKnownHostsOpt = Annotated[Optional[Path], typer.Option(
     "--ssh-known-hosts", help="known_hosts file that must hold the host key of --host "
     "(default: ~/.ssh/known_hosts); unknown host keys are rejected.", show_default=False)]
 
-#: flag value -> dotted config field it overrides
+#: keyword of :func:`load_config` -> (snake_case dotted config field it overrides, the flag)
 FLAG_FIELDS = {
-    "node_name": "node.name",
-    "advertise_address": "node.advertise_address",
-    "kubernetes_version": "kubernetes.version",
-    "cri_socket": "node.cri_socket",
-    "pod_subnet": "kubernetes.pod_subnet",
-    "shim": "shim.kind",
-    "shim_image": "shim.image",
-    "postgres_uri": "postgres.uri",
+    "node_name": ("node.name", "--node-name"),
+    "advertise_address": ("node.advertise_address", "--apiserver-advertise-address"),
+    "kubernetes_version": ("kubernetes.version", "--kubernetes-version"),
+    "cri_socket": ("node.cri_socket", "--cri-socket"),
+    "pod_subnet": ("kubernetes.pod_subnet", "--pod-network-cidr"),
+    "shim": ("shim.kind", "--shim"),
+    "shim_image": ("shim.image", "--shim-image"),
+    "postgres_uri": ("postgres.uri", "--postgres-uri"),
 }
 
 
 def load_config(path: Path | None, **flags) -> Cluster:
-    """Load the file (or defaults) and apply the flags that were given (not ``None``).
+    """Load the file (or defaults) with the flags that were given (not ``None``) over it,
+    and validate the result as one (see :func:`k8s_sql.config.load`).
 
     Raises:
-        ConfigError: as :func:`k8s_sql.config.load_file`, or a flag value is invalid.
+        ConfigError: as :func:`k8s_sql.config.load_file` (exit 1).
+        FlagError: a flag's value is invalid; the message names the flag (exit 2, a usage
+            error like any other bad flag value).
     """
-    cfg = configmod.load_file(str(path) if path else None)
+    given = {}
     for name, value in flags.items():
         if value is None:
             continue
-        configmod.set_value(cfg, FLAG_FIELDS[name], value)
+        dotted, flag = FLAG_FIELDS[name]
+        given[dotted] = (flag, value)
         if name == "postgres_uri":
-            cfg.postgres.mode = "external"
-    cfg.validate()
-    return cfg
+            given["postgres.mode"] = (flag, "external")
+    return configmod.load_file(str(path) if path else None, given)
 
 
 def target_host(host: str | None = None, ssh_key: Path | None = None, ssh_port: int | None = None,
@@ -112,15 +126,18 @@ def invoking_user(host: Host) -> str:
     return user if user and user != "root" else "root"
 
 
-def make_context(cfg: Cluster, *, dry_run: bool = False, host: Host | None = None) -> Context:
-    """A phase context for ``host`` (default: this machine), wrapped for ``--dry-run``.
-
-    ``facts["invoking_user"]``: see :func:`invoking_user`.
-    """
+def make_context(cfg: Cluster, *, dry_run: bool = False, host: Host | None = None,
+                 phases: list[str] | None = None, ignore_preflight_errors: str | None = None) -> Context:
+    """A phase context for ``host`` (default: this machine), wrapped for ``--dry-run``, with
+    :class:`~k8s_sql.phases.base.RunOptions`: ``phases`` of this run (``None``: one phase
+    alone), the :func:`invoking_user`, and ``--ignore-preflight-errors`` (comma-separated
+    check names, case-insensitive, or ``all``). File changes are recorded in
+    ``paths.stateFile`` on the host (:mod:`k8s_sql.state`; in memory for a dry run)."""
     host = host or LocalHost()
-    user = invoking_user(host)
+    ignored = frozenset(s.strip().lower() for s in (ignore_preflight_errors or "").split(",") if s.strip())
+    options = RunOptions(phases=tuple(phases) if phases is not None else None, invoking_user=invoking_user(host),
+                         ignore_preflight_errors=ignored)
     if dry_run:
         host = DryRunHost(host)
-    ctx = Context(host=host, config=cfg, console=console, dry_run=dry_run)
-    ctx.facts["invoking_user"] = user
-    return ctx
+    return Context(host=host, config=cfg, console=console, dry_run=dry_run, options=options,
+                   state=State.for_config(cfg))

@@ -57,8 +57,8 @@ def init(
                                  param_hint="--skip-phases")
     phases = [load_phase(name) for name in PHASES if name not in skipped]
     target = common.target_host(host, ssh_key, ssh_port, ssh_known_hosts)
-    run_ctx = common.make_context(cfg, dry_run=dry_run, host=target)
-    run_ctx.facts.update(phases=[p.name for p in phases], ignore_preflight_errors=_ignored(ignore_preflight_errors))
+    run_ctx = common.make_context(cfg, dry_run=dry_run, host=target, phases=[p.name for p in phases],
+                                  ignore_preflight_errors=ignore_preflight_errors)
     run_phases(phases, run_ctx)
 
 
@@ -97,17 +97,10 @@ def phase(
             raise typer.BadParameter("--root is supported by the prereqs phase only", param_hint="--root")
         if host is not None:
             raise typer.BadParameter("--root and --host exclude each other", param_hint="--root")
-        from k8s_sql.host import LocalHost
+        from k8s_sql.host import ScratchHost
 
-        ctx = common.make_context(cfg, dry_run=dry_run, host=LocalHost(root=root))
-        ctx.facts["root"] = root
+        target = ScratchHost(root)
     else:
         target = common.target_host(host, ssh_key, ssh_port, ssh_known_hosts)
-        ctx = common.make_context(cfg, dry_run=dry_run, host=target)
-    ctx.facts["ignore_preflight_errors"] = _ignored(ignore_preflight_errors)
+    ctx = common.make_context(cfg, dry_run=dry_run, host=target, ignore_preflight_errors=ignore_preflight_errors)
     run_phases([load_phase(name)], ctx)
-
-
-def _ignored(value: str | None) -> set[str]:
-    """``--ignore-preflight-errors`` as a set of lower-case check names."""
-    return {s.strip().lower() for s in (value or "").split(",") if s.strip()}

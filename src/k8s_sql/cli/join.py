@@ -1,7 +1,7 @@
 """``k8s-sql join``: add a worker, or another control-plane node, to a k8s-sql cluster.
 
 The node that joins is ``--host`` (over SSH) or this machine; the first control-plane node
-is ``--control-plane-host`` (over SSH) or this machine. The steps are in :mod:`k8s_sql.join`.
+is ``--control-plane-host`` (over SSH) or this machine. The steps are in :mod:`k8s_sql.phases.join`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from k8s_sql.cli import common
-from k8s_sql.join import run_join
+from k8s_sql.phases.join import run_join
 
 app = typer.Typer(name="join", help="Join a worker (or, with --control-plane, another control-plane node running "
                   "its own shim against the same PostgreSQL) to the cluster of the first control-plane node.")

@@ -1,4 +1,4 @@
-"""``k8s-sql reset``: undo ``k8s-sql init`` on a node (see :mod:`k8s_sql.reset`)."""
+"""``k8s-sql reset``: undo ``k8s-sql init`` on a node (see :mod:`k8s_sql.phases.reset`)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,20 @@ import typer
 
 from k8s_sql.cli import common
 from k8s_sql.errors import K8sSqlError
+from k8s_sql.phases.reset import Reset
 from k8s_sql.phases.runner import run_phases
-from k8s_sql.reset import Reset
 
-app = typer.Typer(name="reset", help="Undo k8s-sql init on this node: kubeadm reset -f, the files k8s-sql wrote, "
-                  "PostgreSQL's conf.d file and pg_hba.conf block (then a reload). PostgreSQL keeps running and "
-                  "the database stays unless --delete-data is given.")
+# A plain command (not a group with a callback): its --help shows no "COMMAND [ARGS]...".
+app = typer.Typer()
+#: What `k8s-sql --help` lists for this command.
+SUMMARY = ("Undo k8s-sql init on this node: kubeadm reset -f; the files and directories "
+           "k8s-sql created (as recorded in paths.stateFile) that are unchanged, empty directories only; "
+           "PostgreSQL's pg_hba.conf block (then a reload). Changed files are kept and listed; system "
+           "directories are never removed. PostgreSQL keeps running and the database stays unless "
+           "--delete-data is given.")
 
 
-@app.callback(invoke_without_command=True)
+@app.command("reset", short_help=SUMMARY, help=SUMMARY + "\n\nAsks first unless --yes or --dry-run is given.")
 def reset(
     config: common.ConfigOpt = None,
     dry_run: common.DryRunOpt = False,

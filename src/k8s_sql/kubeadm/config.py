@@ -14,6 +14,7 @@ from k8s_sql.config import Cluster
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.kubeadm import files, yamlio
 from k8s_sql.resources import template_path
+from k8s_sql.validation import MIN_KUBERNETES_MINOR
 
 #: The shim's client endpoint as kube-apiserver reaches it (loopback, hostNetwork pod).
 SHIM_ENDPOINT_HOST = "127.0.0.1"
@@ -28,10 +29,11 @@ def api_version(kubernetes_version: str) -> str:
     minor = int(kubernetes_version.lstrip("v").split(".")[1])
     if minor >= 31:
         return "kubeadm.k8s.io/v1beta4"
-    if minor >= 22:
+    if minor >= MIN_KUBERNETES_MINOR:  # configuration validation refuses older ones first
         return "kubeadm.k8s.io/v1beta3"
-    raise K8sSqlError(f"Kubernetes {kubernetes_version} is too old: k8s-sql supports 1.22 and later",
-                      hint="set kubernetes.version (or --kubernetes-version) to v1.22 or newer, e.g. v1.34.2")
+    raise K8sSqlError(f"Kubernetes {kubernetes_version} is too old: k8s-sql supports 1.{MIN_KUBERNETES_MINOR} and "
+                      f"later", hint=f"set kubernetes.version (or --kubernetes-version) to v1.{MIN_KUBERNETES_MINOR} "
+                      "or newer, e.g. v1.34.2")
 
 
 def shim_endpoint(cfg: Cluster) -> str:

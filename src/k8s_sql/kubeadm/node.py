@@ -17,16 +17,13 @@ CRI_SOCKETS = {
 }
 
 
-def cri_socket(host: Host, cfg: Cluster, *, dry_run: bool = False) -> tuple[str, str]:
+def cri_socket(host: Host, cfg: Cluster) -> tuple[str, str]:
     """The CRI endpoint kubeadm should use, and a note on how it was chosen.
 
     ``config.node.cri_socket`` wins; otherwise the first socket of :data:`CRI_SOCKETS`
-    present on the node (the configured runtime's first). In a dry run, where the
-    prereqs phase has not installed the runtime yet, it falls back to the configured
-    runtime's default.
-
-    Raises:
-        K8sSqlError: no socket found (not in a dry run).
+    present on the node (the configured runtime's first); with none present (the prereqs
+    phase has not installed the runtime yet), the configured runtime's default. Whether
+    the socket exists is :func:`require_cri_socket`'s question.
     """
     if cfg.node.cri_socket:
         sock = cfg.node.cri_socket
@@ -38,13 +35,26 @@ def cri_socket(host: Host, cfg: Cluster, *, dry_run: bool = False) -> tuple[str,
     for name in order:
         if host.exists(CRI_SOCKETS[name].removeprefix("unix://")):
             return CRI_SOCKETS[name], f"found {name} on the node"
-    if dry_run:
-        return CRI_SOCKETS[runtime], f"no CRI socket yet; assuming {runtime}'s default (installed by prereqs)"
-    raise K8sSqlError(
-        "no container runtime socket found (looked for " + ", ".join(CRI_SOCKETS.values()) + ")",
-        where=host.name,
-        hint="run `k8s-sql init phase prereqs` to install the runtime, or set node.criSocket / --cri-socket",
-    )
+    return CRI_SOCKETS[runtime], f"not on the node yet: {runtime}'s default, which prereqs installs"
+
+
+def cri_socket_present(host: Host, endpoint: str) -> bool:
+    """Whether the Unix socket of CRI ``endpoint`` (``unix:///path``) exists on ``host``."""
+    return host.exists(endpoint.removeprefix("unix://"))
+
+
+def require_cri_socket(host: Host, endpoint: str) -> None:
+    """Raises:
+        K8sSqlError: the socket of ``endpoint`` is not on ``host`` (no runtime installed or
+            running there).
+    """
+    if not cri_socket_present(host, endpoint):
+        raise K8sSqlError(
+            f"no container runtime socket at {endpoint} (also looked for " + ", ".join(CRI_SOCKETS.values()) + ")",
+            where=host.name,
+            hint="run `k8s-sql init phase prereqs` to install and start the runtime, or set node.criSocket / "
+                 "--cri-socket",
+        )
 
 
 def advertise_address(host: Host, cfg: Cluster) -> tuple[str, str]:

@@ -1,9 +1,17 @@
 """The etcd shim as a sidecar container of the kube-apiserver static pod — its one
 definition, used by the kubeadm patch and by ``k8s-sql patch-manifest``.
 
-The skeleton (name, resources, securityContext, probe timings, the read-only pki volume)
-is ``templates/shim/sidecar.yaml``; this module fills image, command line and probes for
-the chosen shim (``shim.kind``):
+The skeleton (name, resources, securityContext, probe timings, the shape of its volumes)
+is ``templates/shim/sidecar.yaml``; this module fills image, command line, probes and
+volumes for the chosen shim (``shim.kind``).
+
+Least privilege: the sidecar mounts exactly the files it reads (:data:`SIDECAR_FILES`: the
+CA certificate, its serving pair, its PostgreSQL client pair), each read-only as its own
+hostPath volume of type ``File`` at its path in ``paths.pkiDir`` — never the directory, so
+never the CA key or PostgreSQL's server key. Its keys are readable by ``shim.runAsUser``
+because the pki phase makes that uid their owner (mode 0600).
+
+The shims:
 
 * ``k8s-sql``: our shim, with etcd's flag names (``--listen-client-urls``, ``--cert-file``,
   ``--trusted-ca-file``, ``--client-cert-auth``...) and HTTP ``/health`` on the loopback
@@ -28,9 +36,17 @@ from k8s_sql.kubeadm import files, yamlio
 from k8s_sql.kubeadm.config import SHIM_ENDPOINT_HOST
 from k8s_sql.resources import template_path
 
-#: Name of the sidecar container and of its pki volume in the kube-apiserver pod.
+#: Name of the sidecar container in the kube-apiserver pod.
 CONTAINER_NAME = "etcd-shim"
-VOLUME_NAME = "k8s-sql-pki"
+#: The volume of earlier releases: the whole pki directory (CA key included). ``patch-manifest``
+#: removes it, and the mounts of it.
+LEGACY_VOLUME_NAME = "k8s-sql-pki"
+#: The files the sidecar reads, each mounted on its own (both shims read the same ones).
+SIDECAR_FILES = (files.CA_CERT, files.SHIM_SERVER_CERT, files.SHIM_SERVER_KEY, files.SHIM_PG_CLIENT_CERT,
+                 files.SHIM_PG_CLIENT_KEY)
+#: The files kube-apiserver reads to reach the shim; mounted into it (the same way) only when
+#: ``paths.pkiDir`` is outside kubeadm's ``/etc/kubernetes/pki`` mount.
+APISERVER_FILES = (files.CA_CERT, files.APISERVER_CLIENT_CERT, files.APISERVER_CLIENT_KEY)
 #: The kube-apiserver container's certificate mount made by kubeadm (``k8s-certs``).
 KUBEADM_PKI_MOUNT = "/etc/kubernetes/pki"
 #: File name of the kubeadm patch (target ``kube-apiserver``, strategic merge).
@@ -131,7 +147,7 @@ def container(cfg: Cluster) -> CommentedMap:
     sc = c["securityContext"]
     sc["runAsUser"] = cfg.shim.run_as_user
     sc["runAsGroup"] = cfg.shim.run_as_user
-    c["volumeMounts"][0]["mountPath"] = cfg.paths.pki_dir
+    c["volumeMounts"] = CommentedSeq(_mount(cfg, name) for name in SIDECAR_FILES)
     for name, timing in t["probes"].items():
         probe = _probe_action(cfg)
         probe.update(timing)
@@ -139,16 +155,44 @@ def container(cfg: Cluster) -> CommentedMap:
     return c
 
 
-def volume(cfg: Cluster) -> CommentedMap:
-    """The read-only hostPath volume of ``paths.pki_dir`` (a Kubernetes ``Volume``)."""
+def volume_name(name: str) -> str:
+    """The volume of file ``name`` of the pki directory: ``ca.crt`` -> ``k8s-sql-ca-crt``
+    (a DNS label, as volume names must be)."""
+    return "k8s-sql-" + name.replace(".", "-")
+
+
+#: Every volume name k8s-sql puts in the kube-apiserver pod (the legacy one included).
+VOLUME_NAMES = frozenset([LEGACY_VOLUME_NAME, *map(volume_name, SIDECAR_FILES + APISERVER_FILES)])
+
+
+def _mount(cfg: Cluster, name: str) -> CommentedMap:
+    m = _template()["mount"]
+    m["name"] = volume_name(name)
+    m["mountPath"] = files.pki(cfg.paths.pki_dir, name)
+    return m
+
+
+def _volume(cfg: Cluster, name: str) -> CommentedMap:
     v = _template()["volume"]
-    v["hostPath"]["path"] = cfg.paths.pki_dir
+    v["name"] = volume_name(name)
+    v["hostPath"]["path"] = files.pki(cfg.paths.pki_dir, name)
     return v
 
 
-def apiserver_mount(cfg: Cluster) -> CommentedMap:
-    """The mount kube-apiserver needs for its shim client certificate (same volume)."""
-    return CommentedMap(mountPath=cfg.paths.pki_dir, name=VOLUME_NAME, readOnly=True)
+def apiserver_mounts(cfg: Cluster) -> list[CommentedMap]:
+    """The read-only mounts of :data:`APISERVER_FILES` for the kube-apiserver container
+    (needed when ``paths.pki_dir`` is not inside one of its own mounts)."""
+    return [_mount(cfg, name) for name in APISERVER_FILES]
+
+
+def volumes(cfg: Cluster, apiserver: bool | None = None) -> list[CommentedMap]:
+    """The hostPath ``File`` volumes (Kubernetes ``Volume`` mappings) of :data:`SIDECAR_FILES`
+    and, when ``apiserver`` (default: ``paths.pki_dir`` outside kubeadm's mount), of
+    :data:`APISERVER_FILES` for kube-apiserver; each file once."""
+    if apiserver is None:
+        apiserver = not covered(cfg.paths.pki_dir, [KUBEADM_PKI_MOUNT])
+    names = SIDECAR_FILES + (APISERVER_FILES if apiserver else ())
+    return [_volume(cfg, name) for name in dict.fromkeys(names)]
 
 
 def covered(path: str, mounts: list[str]) -> bool:
@@ -157,18 +201,54 @@ def covered(path: str, mounts: list[str]) -> bool:
     return any(path == m or path.startswith(m.rstrip("/") + "/") for m in map(posixpath.normpath, mounts))
 
 
+def add_to_pod(spec, api, cfg: Cluster) -> None:
+    """Put the sidecar into a kube-apiserver Pod ``spec`` whose kube-apiserver container is
+    ``api`` (in place; for ``patch-manifest``): the sidecar container, its volumes, and the
+    mounts of :data:`APISERVER_FILES` into ``api`` unless its own mounts cover
+    ``paths.pki_dir``. Replaces what an earlier run put there (the legacy whole-directory
+    volume included). Idempotent: applying it to its own result changes nothing."""
+    mounts = api.setdefault("volumeMounts", CommentedSeq())
+    mounts[:] = [m for m in mounts if not (isinstance(m, dict) and m.get("name") in VOLUME_NAMES)]
+    apiserver = not covered(cfg.paths.pki_dir, [m.get("mountPath", "") for m in mounts if isinstance(m, dict)])
+    if apiserver:
+        mounts.extend(apiserver_mounts(cfg))
+    containers = spec["containers"]
+    new = container(cfg)
+    for i, c in enumerate(containers):
+        if isinstance(c, dict) and c.get("name") == CONTAINER_NAME:
+            if yamlio.plain(c) != yamlio.plain(new):
+                containers[i] = new
+            break
+    else:
+        containers.append(new)
+    vols = spec.get("volumes")
+    if not isinstance(vols, list):
+        vols = spec["volumes"] = CommentedSeq()
+    wanted = {v["name"]: v for v in volumes(cfg, apiserver)}
+    kept = []
+    for v in vols:
+        name = v.get("name") if isinstance(v, dict) else None
+        if name not in VOLUME_NAMES:
+            kept.append(v)
+        elif name in wanted:  # keep its place (and its comments) when unchanged
+            kept.append(v if yamlio.plain(v) == yamlio.plain(wanted[name]) else wanted[name])
+    present = {v.get("name") for v in kept if isinstance(v, dict)}
+    vols[:] = kept + [v for name, v in wanted.items() if name not in present]
+
+
 def patch(cfg: Cluster) -> CommentedMap:
     """The kubeadm patch for target ``kube-apiserver`` (a partial Pod, strategic merge):
-    adds the sidecar and its volume; mounts the volume into kube-apiserver too when
-    ``paths.pki_dir`` is outside kubeadm's ``/etc/kubernetes/pki`` mount."""
+    adds the sidecar and its volumes; mounts :data:`APISERVER_FILES` into kube-apiserver
+    too when ``paths.pki_dir`` is outside kubeadm's ``/etc/kubernetes/pki`` mount."""
     containers = CommentedSeq([container(cfg)])
-    if not covered(cfg.paths.pki_dir, [KUBEADM_PKI_MOUNT]):
-        containers.append(CommentedMap(name="kube-apiserver", volumeMounts=CommentedSeq([apiserver_mount(cfg)])))
+    apiserver = not covered(cfg.paths.pki_dir, [KUBEADM_PKI_MOUNT])
+    if apiserver:
+        containers.append(CommentedMap(name="kube-apiserver", volumeMounts=CommentedSeq(apiserver_mounts(cfg))))
     doc = CommentedMap()
     doc["apiVersion"] = "v1"
     doc["kind"] = "Pod"
     doc["metadata"] = CommentedMap(name="kube-apiserver", namespace="kube-system")
-    doc["spec"] = CommentedMap(containers=containers, volumes=CommentedSeq([volume(cfg)]))
+    doc["spec"] = CommentedMap(containers=containers, volumes=CommentedSeq(volumes(cfg, apiserver)))
     return doc
 
 

@@ -18,7 +18,7 @@ import posixpath
 
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.kubeadm import manifest
-from k8s_sql.phases.base import Action, Change, Context, Phase
+from k8s_sql.phases.base import Action, Change, Context, Phase, pending_note
 
 
 def kubeadm_argv(ctx: Context) -> list[str]:
@@ -37,10 +37,13 @@ class KubeadmInit(Phase):
     No change when the node is already initialised: kube-apiserver.yaml runs the
     configured shim and ``paths.kubeconfig`` (admin.conf) exists.
 
-    Raises (from plan/apply):
-        K8sSqlError: kubeadm is not installed; the configuration file is missing; the node
-            has a kube-apiserver manifest without the shim (initialised some other way);
-            kubeadm fails.
+    Before prereqs has installed kubeadm the step is planned all the same, marked pending.
+
+    Raises (from plan):
+        K8sSqlError: the configuration file is missing; the node has a kube-apiserver
+            manifest without the shim (initialised some other way).
+    Raises (from apply):
+        K8sSqlError: kubeadm is not installed; kubeadm fails.
     """
 
     name = "kubeadm-init"
@@ -60,14 +63,13 @@ class KubeadmInit(Phase):
                 "this node already has a kube-apiserver manifest that does not run the configured etcd shim",
                 where=apiserver_manifest(ctx),
                 hint="to keep the cluster, run `k8s-sql patch-manifest`; to start over, run `kubeadm reset`")
-        if host.which("kubeadm") is None and not ctx.dry_run:
-            raise K8sSqlError("kubeadm is not installed", where=host.name,
-                              hint="run `k8s-sql init phase prereqs`, or install kubeadm, kubelet and kubectl")
         if not host.exists(cfg.paths.kubeadm_config):
             raise K8sSqlError("the kubeadm configuration file is missing", where=cfg.paths.kubeadm_config,
                               hint="run `k8s-sql init phase kubeadm-config` first")
-        argv = kubeadm_argv(ctx)
-        return [Action(" ".join(argv), self._run, detail="kubeadm writes the control-plane static pods; "
+        description = " ".join(kubeadm_argv(ctx))
+        if host.which("kubeadm") is None:
+            description += f" ({pending_note('prereqs installs kubeadm')})"
+        return [Action(description, self._run, detail="kubeadm writes the control-plane static pods; "
                        "its kube-apiserver+strategic.yaml patch adds the etcd shim")]
 
     def _run(self, ctx: Context) -> None:

@@ -1,22 +1,21 @@
-"""Phase ``post``: the admin kubeconfig for the user, the control-plane taint of a
-single-node cluster, and a final health check of the API server."""
+"""Phase ``post``: the admin kubeconfig for the user (in a ``~/.kube`` the user owns), the
+control-plane taint of a single-node cluster, and a final health check: the API server's
+``/readyz``, no etcd pod, and the node's Ready condition (waited for; a node still NotReady
+— no pod network yet — is a warning that says what to do, since the control plane works)."""
 
 from __future__ import annotations
 
 import json
-import os
 import posixpath
+import time
+
+from rich.markup import escape
 
 from k8s_sql.errors import K8sSqlError
-from k8s_sql.phases.base import Action, Change, Context, Phase, file_change
+from k8s_sql.phases.base import Action, Change, Context, Phase, file_change, pending
+from k8s_sql.state import missing_dirs
 
 TAINT_KEY = "node-role.kubernetes.io/control-plane"
-
-
-def invoking_user() -> str:
-    """The user who ran ``sudo k8s-sql`` (``SUDO_USER``), else ``root``."""
-    user = os.environ.get("SUDO_USER", "")
-    return user if user and user != "root" else "root"
 
 
 def home_of(ctx: Context, user: str) -> str:
@@ -51,30 +50,67 @@ def has_taint(ctx: Context) -> bool:
     return any(t.get("key") == TAINT_KEY and t.get("effect") == "NoSchedule" for t in taints)
 
 
+def own_dir_action(path: str, user: str, *, create: bool) -> Action:
+    """Create ``path`` (0700) if ``create``, and give it to ``user`` and the user's primary
+    group: ``~/.kube`` belongs to the user it is for, not to root who runs k8s-sql (kubectl
+    writes its cache there). A directory created is recorded in ``ctx.state``."""
+
+    def apply(ctx: Context) -> None:
+        host = ctx.host
+        new = missing_dirs(host, path + "/.") if create else []
+        if create:
+            host.makedirs(path, 0o700)
+        res = host.run(["id", "-g", user], check=False)
+        host.chown(path, user, res.stdout.strip() if res.ok and res.stdout.strip() else None)
+        if ctx.state is not None and new:
+            ctx.state.record_dirs(host, new)
+
+    return Action(f"create {path} (0700) owned by {user}" if create else f"give {path} to {user}", apply)
+
+
 class Post(Phase):
     """Copies ``paths.kubeconfig`` to ``~<user>/.kube/config`` (0600, owned by the user who
     ran sudo, root otherwise); on a single-node cluster removes the control-plane taint if
     present. Verify: ``/readyz`` answers ``ok`` and kube-system has no etcd pod.
 
+    Before kubeadm-init has written admin.conf, both are one pending step, planned the same
+    way in a dry run and a real one; applying it raises when admin.conf is still missing.
+
     Raises:
-        K8sSqlError: admin.conf missing (kubeadm-init not run), kubectl failures, an etcd pod.
+        K8sSqlError: admin.conf missing when applied (kubeadm-init not run), kubectl
+            failures, an etcd pod.
     """
 
     name = "post"
     title = "admin kubeconfig, single-node taint, health check"
 
     def plan(self, ctx: Context) -> list[Change]:
+        cfg = ctx.config
+        if ctx.host.read_bytes(cfg.paths.kubeconfig) is None:
+            what = f"copy {cfg.paths.kubeconfig} to ~{ctx.options.invoking_user}/.kube/config"
+            if cfg.kubernetes.single_node:
+                what += f", remove the {TAINT_KEY}:NoSchedule taint from node {cfg.node.name} (single node)"
+            return [pending(what, "kubeadm-init writes it", self._plan_with_admin)]
+        return self._plan_with_admin(ctx)
+
+    def _plan_with_admin(self, ctx: Context) -> list[Change]:
+        """The changes once admin.conf exists.
+
+        Raises:
+            K8sSqlError: admin.conf is missing.
+        """
         host, cfg = ctx.host, ctx.config
         admin = host.read_bytes(cfg.paths.kubeconfig)
         if admin is None:
-            if not ctx.dry_run:
-                raise K8sSqlError("the admin kubeconfig is missing", where=cfg.paths.kubeconfig,
-                                  hint="run `k8s-sql init phase kubeadm-init` first")
-            return [Action(f"copy {cfg.paths.kubeconfig} to the user's ~/.kube/config once kubeadm wrote it",
-                           lambda c: None)]
-        user = ctx.facts.get("invoking_user") or invoking_user()
-        target = posixpath.join(home_of(ctx, user), ".kube", "config")
+            raise K8sSqlError("the admin kubeconfig is missing", where=cfg.paths.kubeconfig,
+                              hint="run `k8s-sql init phase kubeadm-init` first")
+        user = ctx.options.invoking_user
+        kube_dir = posixpath.join(home_of(ctx, user), ".kube")
+        target = posixpath.join(kube_dir, "config")
         changes: list[Change] = []
+        info = host.stat(kube_dir)
+        if info is None or info.owner != user:
+            changes.append(own_dir_action(kube_dir, user, create=info is None))
         write = file_change(host, target, admin, 0o600, owner=user)
         if write:
             changes.append(write)
@@ -94,3 +130,44 @@ class Post(Phase):
         if res.stdout.strip():
             raise K8sSqlError(f"kube-system runs an etcd pod ({res.stdout.strip()}); the state should be in PostgreSQL",
                               where=ctx.host.name, hint="the kubeadm configuration must use etcd.external")
+        self._wait_ready(ctx)
+
+    #: How long verify waits for the node to become Ready (seconds), and between looks.
+    ready_timeout = 120.0
+    ready_interval = 5.0
+
+    def _wait_ready(self, ctx: Context) -> None:
+        """Wait up to :attr:`ready_timeout` for the node's Ready condition; if it stays
+        NotReady, say why (the kubelet's message) and what to do — a warning, not an error:
+        the API server and the datastore work, and a pod network may come after init."""
+        cfg = ctx.config
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            status, message = node_ready(ctx)
+            if status == "True":
+                ctx.console.print(f"  node {cfg.node.name} is Ready", markup=False, highlight=False)
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(self.ready_interval)
+        if cfg.kubernetes.single_node:
+            what = ("prereqs wrote a bridge network for the pods unless /etc/cni/net.d had one; check that "
+                    "directory and the plugins in /opt/cni/bin, then `journalctl -u kubelet`")
+        else:
+            what = (f"install a pod network add-on for podSubnet {cfg.kubernetes.pod_subnet} (e.g. flannel, "
+                    "see README), then the node becomes Ready")
+        ctx.console.print(f"  [yellow]warning:[/yellow] node {escape(cfg.node.name)} is not Ready "
+                          f"({escape(message or status or 'no Ready condition')}) after {self.ready_timeout:.0f} s: "
+                          f"{escape(what)}")
+
+
+def node_ready(ctx: Context) -> tuple[str, str]:
+    """``(status, message)`` of this node's ``Ready`` condition (``"True"``, ``"False"``,
+    ``"Unknown"``; ``""`` when the node or the condition is not there yet)."""
+    res = kubectl(ctx, "get", "node", ctx.config.node.name, "-o", "json", check=False)
+    if not res.ok:
+        return "", (res.stderr or res.stdout).strip()[:200]
+    for cond in (json.loads(res.stdout).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return str(cond.get("status", "")), str(cond.get("message", ""))
+    return "", ""

@@ -13,8 +13,15 @@ Local mode, in order (each step only when it differs):
   ``paths.backupDir``; nothing else in it changes;
 - the role (no password, no privileges) and the database it owns, PUBLIC revoked;
 - ``pg_reload_conf()`` after a configuration change (ssl settings need only a reload since
-  PostgreSQL 10); a restart (``pg_ctlcluster``/``pg_ctl``) only when listen_addresses must
-  change.
+  PostgreSQL 10); a restart only when listen_addresses must change (through systemd like
+  the start below, see :func:`ctl_command`).
+
+The cluster is the node's own: one that is installed but stopped is started first
+(``systemctl start postgresql@<version>-<name>`` when systemd runs, else ``pg_ctlcluster``;
+``pg_ctl`` outside the Debian layout). What can only be read from the running server is
+then one step marked ``pending: after … is started``, and before prereqs has installed
+PostgreSQL the whole configuration is ``pending: after prereqs installs PostgreSQL``; a
+dry run and a real run plan the same steps, and applying a pending step plans it then.
 
 SQL runs as the ``postgres`` OS user with psql over the Unix socket, so this works over SSH.
 A dry run executes no SQL and reloads nothing (they are planned as actions).
@@ -25,8 +32,9 @@ from __future__ import annotations
 import posixpath
 
 from k8s_sql.errors import K8sSqlError
+from k8s_sql.host import Host
 from k8s_sql.kubeadm import node
-from k8s_sql.phases.base import Action, Change, Context, Phase, WriteFile, file_change
+from k8s_sql.phases.base import Action, Change, Context, Phase, WriteFile, file_change, pending
 from k8s_sql.pg import clients as pgclients
 from k8s_sql.pg import cluster as pgcluster
 from k8s_sql.pg import conf as pgconf
@@ -36,6 +44,47 @@ from k8s_sql.pki import files
 
 def _sql_action(description: str, sql: str) -> Action:
     return Action(description, lambda c: pgcluster.psql(c.host, c.config, sql), detail=sql)
+
+
+#: What configuring the cluster consists of (for the description of a pending step).
+WHAT = "ssl in conf.d, the pg_hba.conf block, the shim's role and database"
+
+
+def is_stopped(host: Host, cluster: pgcluster.PgCluster) -> bool:
+    """Whether ``cluster`` is installed but not running: ``down`` in ``pg_lsclusters``, or
+    outside the Debian layout ``pg_ctl status`` exits 3 (no server running). ``False``
+    when that cannot be told (then ``require_running`` explains what is wrong)."""
+    if cluster.name:
+        rows = [r for r in pgcluster.lsclusters(host) if (r[0], r[1]) == (cluster.version, cluster.name)]
+        return bool(rows) and rows[0][3] == "down"
+    if not cluster.data_dir or not cluster.version.isdigit():
+        return False
+    res = host.run([f"/usr/lib/postgresql/{cluster.version}/bin/pg_ctl", "status", "-D", cluster.data_dir],
+                   user="postgres", check=False)
+    return res.returncode == 3
+
+
+def ctl_command(host: Host, cluster: pgcluster.PgCluster, action: str) -> tuple[list[str], str | None]:
+    """``(argv, user)`` that does ``action`` (start, restart) to the node's own ``cluster``:
+    ``systemctl <action> postgresql@<version>-<name>`` when systemd runs (``/run/systemd/system``
+    exists) and the cluster is Debian's, so the server stays a systemd unit (``pg_ctlcluster``
+    run by hand would start it outside systemd); else ``pg_ctlcluster``/``pg_ctl`` as the
+    postgres OS user."""
+    if cluster.name and host.exists("/run/systemd/system"):
+        return ["systemctl", action, f"postgresql@{cluster.version}-{cluster.name}"], None
+    return cluster.ctl_argv(action), "postgres"
+
+
+def ctl_action(host: Host, cluster: pgcluster.PgCluster, action: str, why: str) -> Action:
+    """An :class:`Action` running :func:`ctl_command` (``why`` ends the description)."""
+    argv, user = ctl_command(host, cluster, action)
+    return Action(f"{action} {cluster.label} ({why})", lambda c: c.host.run(argv, user=user, timeout=120),
+                  detail=" ".join(argv))
+
+
+def start_action(host: Host, cluster: pgcluster.PgCluster) -> Action:
+    """Start the node's own ``cluster`` (see :func:`ctl_command`)."""
+    return ctl_action(host, cluster, "start", "installed, not running")
 
 
 class Postgres(Phase):
@@ -51,17 +100,37 @@ class Postgres(Phase):
             ctx.console.print("  external PostgreSQL (postgres.uri): nothing to configure, verified after this"
                               + (f"; warning: {warning}" if warning else ""), markup=False)
             return []
+        return self._plan_local(ctx, missing_ok=True)
+
+    def _plan_local(self, ctx: Context, *, missing_ok: bool) -> list[Change]:
+        """The local cluster's changes; a missing cluster is a pending step with
+        ``missing_ok``, else an error."""
+        host, cfg = ctx.host, ctx.config
         cluster = pgcluster.discover(host, cfg)
         if cluster is None:
-            if ctx.dry_run:
-                ctx.console.print("  no PostgreSQL cluster yet: planned once prereqs has installed it", markup=False)
-                return [Action(f"configure PostgreSQL cluster {cfg.postgres.cluster} (after prereqs installs it)",
-                               lambda c: None)]
+            if missing_ok:
+                return [pending(f"configure the PostgreSQL cluster {cfg.postgres.cluster}: {WHAT}", "prereqs installs "
+                                "PostgreSQL", lambda c: self._plan_local(c, missing_ok=False))]
             raise K8sSqlError(f"no PostgreSQL cluster {cfg.postgres.cluster!r}"
                               + (f" of version {cfg.postgres.version}" if cfg.postgres.version else "")
                               + " on this node (pg_lsclusters)", where=host.name,
                               hint="run `k8s-sql init phase prereqs`, or set postgres.configDir/dataDir/version "
                               "for a cluster outside /etc/postgresql")
+        if is_stopped(host, cluster):
+            self._check_pki(ctx)
+            return [start_action(host, cluster),
+                    pending(f"configure {cluster.label}: {WHAT}", f"{cluster.label} is started",
+                            lambda c: self._plan_running(c, cluster))]
+        return self._plan_running(ctx, cluster)
+
+    def _plan_running(self, ctx: Context, cluster: pgcluster.PgCluster) -> list[Change]:
+        """The changes, read from the running server.
+
+        Raises:
+            K8sSqlError: the server is down or unreachable (see ``require_running``), the
+                certificates are missing or unreadable, postgresql.conf lacks conf.d.
+        """
+        host, cfg = ctx.host, ctx.config
         settings = pgcluster.require_running(host, cfg, cluster)
         self._check_pki(ctx)
         changes: list[Change] = []
@@ -91,9 +160,7 @@ class Postgres(Phase):
         for description, sql in roles.statements(cfg.postgres.role, cfg.postgres.database, facts):
             changes.append(_sql_action(description, sql))
         if listen and settings["listen_addresses"] != listen:
-            argv = cluster.ctl_argv("restart")
-            changes.append(Action(f"restart {cluster.label} (listen_addresses = '{listen}')",
-                                  lambda c: c.host.run(argv, user="postgres", timeout=120), detail=" ".join(argv)))
+            changes.append(ctl_action(host, cluster, "restart", f"listen_addresses = '{listen}'"))
         elif conf_change or hba_change:
             changes.append(_sql_action("reload the PostgreSQL configuration (SELECT pg_reload_conf())",
                                        "SELECT pg_reload_conf()"))
@@ -108,10 +175,8 @@ class Postgres(Phase):
         if missing:
             raise K8sSqlError("certificates missing: " + ", ".join(missing), where=ctx.host.name,
                               hint="run `k8s-sql init phase pki` first")
-        if ctx.dry_run and isinstance(getattr(ctx.host, "files", None), dict) and needed[2] in ctx.host.files:
-            return  # planned by the pki phase in this dry run, not on disk yet
         for path in needed:
-            if not ctx.host.run(["test", "-r", path], user="postgres", check=False).ok:
+            if not ctx.host.readable_by(path, "postgres"):
                 raise K8sSqlError(f"the postgres OS user cannot read {path}", where=ctx.host.name,
                                   hint=f"every directory above {pki} must be searchable by postgres (chmod o+x), "
                                   f"and the key owned by postgres: `k8s-sql init phase pki` fixes the key")

@@ -2,20 +2,22 @@
 preflight, whose check names and ``--ignore-preflight-errors`` it borrows).
 
 Checks, by name: ``IsPrivilegedUser`` (root), ``OperatingSystem`` (Debian 12/13, Ubuntu
-22.04/24.04 from /etc/os-release), ``FileExisting-<binary>``, ``Port-<n>`` (free, unless
+24.04 from /etc/os-release), ``FileExisting-<binary>``, ``Port-<n>`` (free, unless
 it is our own service from an earlier init: PostgreSQL on ``postgres.port`` — its Unix
 socket is there — or the shim and kube-apiserver once the kube-apiserver manifest carries
 the k8s-sql sidecar), ``Swap`` (off), ``KernelModule-<name>`` (overlay, br_netfilter) and
 ``Sysctl-<name>`` (net.ipv4.ip_forward, net.bridge.bridge-nf-call-iptables = 1).
 
-Swap, modules and sysctls are what the prereqs phase fixes: when prereqs runs later in the
-same ``init`` they are only warnings. Everything is read through the Host (``/proc``,
+curl and gpg are not checked: only prereqs runs them, and it installs them first when it
+needs them. Swap, modules, sysctls and the tools prereqs installs itself (``modprobe`` from kmod,
+``sysctl`` from procps) are what the prereqs phase fixes: when prereqs
+runs later in the same ``init`` they are only warnings. Everything is read through the Host (``/proc``,
 ``/etc``), so the checks work over SSH and against a scratch root. Preflight plans no
 changes: it raises one K8sSqlError listing every failure, each with the command that
 fixes it.
 
-``ctx.facts``: ``ignore_preflight_errors`` (set of lower-case check names, or ``{"all"}``),
-``phases`` (names of the phases in this run; absent for ``init phase preflight``).
+``ctx.options`` (:class:`~k8s_sql.phases.base.RunOptions`): ``ignore_preflight_errors``,
+and ``phases`` (``None`` for ``init phase preflight``).
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ from k8s_sql.errors import K8sSqlError
 from k8s_sql.phases.base import Change, Context, Phase
 
 #: Binaries the prereqs phase needs before it can install anything else.
-BASE_BINARIES = ("apt-get", "dpkg-query", "systemctl", "curl", "gpg", "modprobe", "sysctl", "ip", "getent",
-                 "runuser")
+BASE_BINARIES = ("apt-get", "dpkg-query", "systemctl", "modprobe", "sysctl", "ip", "getent", "runuser")
 #: Binaries prereqs installs; checked only when prereqs is not part of the run.
 INSTALLED_BINARIES = ("kubeadm", "kubelet", "kubectl", "crictl")
 MODULES = ("overlay", "br_netfilter")
 SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables")
 APISERVER_PORT = 6443
-#: Checks the prereqs phase fixes (name prefixes).
-FIXED_BY_PREREQS = ("Swap", "KernelModule-", "Sysctl-")
+#: Binary -> the Debian package that has it, for the fix of FileExisting-<binary>.
+PACKAGES = {"ip": "iproute2", "modprobe": "kmod", "sysctl": "procps", "systemctl": "systemd"}
+#: Checks the prereqs phase fixes (name prefixes); it installs these tools before it uses them.
+FIXED_BY_PREREQS = ("Swap", "KernelModule-", "Sysctl-", "FileExisting-modprobe", "FileExisting-sysctl")
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,13 @@ def run_checks(ctx: Context) -> list[Failure]:
     except K8sSqlError as e:
         out.append(Failure("OperatingSystem", e.what, e.hint or "use a supported release"))
     binaries = list(BASE_BINARIES)
-    phases = ctx.facts.get("phases")
+    phases = ctx.options.phases
     if phases is not None and "prereqs" not in phases:
         binaries += INSTALLED_BINARIES
         binaries.append("psql")  # the postgres phase administers PostgreSQL with it, locally or not
     for binary in binaries:
         if host.which(binary) is None:
-            pkg = {"gpg": "gpg", "ip": "iproute2", "modprobe": "kmod", "sysctl": "procps", "curl": "curl"}.get(binary)
+            pkg = PACKAGES.get(binary)
             fix = f"apt-get install -y {pkg}" if pkg else ("k8s-sql init phase prereqs"
                                                            if binary in (*INSTALLED_BINARIES, "psql")
                                                            else f"install the package that provides {binary}")
@@ -131,8 +134,8 @@ class Preflight(Phase):
         """Raises:
             K8sSqlError: one or more checks failed and are not ignored (lists them all).
         """
-        ignore = {s.lower() for s in ctx.facts.get("ignore_preflight_errors", ())}
-        prereqs_later = "prereqs" in (ctx.facts.get("phases") or ())
+        ignore = {s.lower() for s in ctx.options.ignore_preflight_errors}
+        prereqs_later = ctx.options.runs("prereqs")
         errors = []
         for failure in run_checks(ctx):
             if "all" in ignore or failure.name.lower() in ignore:

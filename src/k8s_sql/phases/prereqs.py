@@ -13,20 +13,27 @@
   containerd (``kubernetes.containerRuntime: containerd``, set to the systemd cgroup driver);
   PostgreSQL from the distribution, or from apt.postgresql.org when ``postgres.version``
   asks for another major (only its client with ``postgres.mode: external`` and on a joining
-  control-plane node; nothing on a worker). Each repository's key is fetched with curl
+  control-plane node; nothing on a worker); cri-tools (crictl); podman, netavark and
+  iptables where the ``shim`` phase builds the shim image. Each repository's key is fetched with curl
   into a file, converted with ``gpg --dearmor`` into ``/etc/apt/keyrings/`` and named by
   ``signed-by=`` in its sources line; nothing is piped into a shell.
 
-Packages installed at the wanted version are left alone (``dpkg-query``). With
-``k8s-sql init phase prereqs --root DIR`` the files are read and written under DIR
+- a single node (``kubernetes.singleNode``) without a CNI configuration gets a bridge
+  network for the pod subnet (:data:`CNI_FILE`), so that it becomes Ready.
+
+apt never waits for input and waits for the dpkg lock (:data:`APT_OPTIONS`).
+The tools the phase runs itself are installed first when missing: kmod (``modprobe``),
+procps (``sysctl``), and ca-certificates, curl and gpg when a repository key is fetched;
+a minimal VM may lack any of them. Packages installed at the wanted version are left
+alone (``dpkg-query``). With ``k8s-sql init phase prereqs --root DIR`` the phase acts on a
+:class:`~k8s_sql.host.ScratchHost`: the files are read and written under DIR
 (``DIR/etc/os-release``, ``DIR/proc/swaps``, ``DIR/var/lib/dpkg/status`` …) and the commands
-that change the running system are listed but not run.
+that change the running system are listed but not run (the host decides that, not this phase).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import posixpath
 import re
 from dataclasses import dataclass
 
@@ -54,6 +61,23 @@ version = 2
   SystemdCgroup = true
 """
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+#: apt-get options of every install: wait up to 10 minutes for the dpkg lock (unattended-upgrades
+#: holds it on a fresh VM's first boot), and never ask about a configuration file. Without
+#: them dpkg prompts when a conffile of a package being installed is already on disk (the
+#: kubelet package ships /etc/default/kubelet as one; a provisioner may have written it) and,
+#: with stdin on /dev/null, fails: "end of file on stdin at conffile prompt". ``confdef``
+#: takes dpkg's default where there is one, ``confold`` keeps the file on disk otherwise.
+APT_OPTIONS = ("-o", "DPkg::Lock::Timeout=600", "-o", "Dpkg::Options::=--force-confdef",
+               "-o", "Dpkg::Options::=--force-confold")
+#: What builds the shim image on the node (the ``shim`` phase): podman, with a network
+#: backend for the build's ``RUN`` step (podman's containers-common needs one; with
+#: --no-install-recommends apt would pick any) and the iptables that netavark configures.
+SHIM_BUILD_PACKAGES = ("podman", "netavark", "iptables")
+#: Single node: a bridge CNI configuration for the pod subnet, so that the node becomes
+#: Ready without a pod network add-on (neither runtime package enables one: CRI-O ships its
+#: bridge configuration as ``*.disabled``). Skipped when /etc/cni/net.d has another one.
+CNI_DIR = "/etc/cni/net.d"
+CNI_FILE = f"{CNI_DIR}/99-k8s-sql-bridge.conflist"  # last: any add-on's own configuration comes first
 
 
 @dataclass(frozen=True)
@@ -125,12 +149,15 @@ def wanted_packages(cfg, osi: osinfo.OsInfo, postgres: str = "server") -> tuple[
     minor = cfg.kubernetes_minor
     kube = kube_version_pattern(cfg.kubernetes.version)
     packages = {name: kube for name in KUBE_PACKAGES}
+    packages["cri-tools"] = "*"  # crictl: kubeadm's preflight wants it, and it is how containers are inspected
     repos = [kubernetes_repo(minor)]
     if cfg.kubernetes.container_runtime == "crio":
         packages["cri-o"] = f"1.{minor}.*"
         repos.append(crio_repo(minor))
     else:
         packages["containerd"] = "*"
+    if builds_shim(cfg, postgres):
+        packages.update(dict.fromkeys(SHIM_BUILD_PACKAGES, "*"))
     if postgres == "none":
         return packages, repos
     if postgres == "client" or cfg.postgres.mode == "external":  # only verified from here, with psql
@@ -143,17 +170,28 @@ def wanted_packages(cfg, osi: osinfo.OsInfo, postgres: str = "server") -> tuple[
     return packages, repos
 
 
+def builds_shim(cfg, postgres: str = "server") -> bool:
+    """Whether the ``shim`` phase builds the shim image on this node: a control-plane node
+    (``postgres`` is not ``none``) running k8s-sql's own shim with no ``shim.image``."""
+    return postgres != "none" and cfg.shim.kind == "k8s-sql" and not cfg.shim.image
+
+
+def cni_conflist(subnet: str) -> str:
+    """A bridge network (CNI spec 1.0.0: bridge with host-local IPAM on ``subnet``, portmap)
+    for the pods of a single node; the plugins come from /opt/cni/bin."""
+    import json
+
+    doc = {"cniVersion": "1.0.0", "name": "k8s-sql-bridge", "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": True, "hairpinMode": True,
+         "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": subnet}]]}},
+        {"type": "portmap", "capabilities": {"portMappings": True}}]}
+    return "# written by k8s-sql for a single node (kubernetes.singleNode)\n" + json.dumps(doc, indent=2) + "\n"
+
+
 def installed_packages(ctx: Context, names: list[str]) -> dict[str, tuple[str, str]]:
     """name -> (dpkg status abbreviation like ``ii``/``hi``, version) of installed packages
-    (``dpkg-query -W``); under ``--root`` from ``DIR/var/lib/dpkg``."""
-    argv = ["dpkg-query"]
-    root = ctx.facts.get("root")
-    if root:
-        admindir = posixpath.join(root, "var/lib/dpkg")
-        if ctx.host.read_bytes("/var/lib/dpkg/status") is None:
-            return {}
-        argv.append(f"--admindir={admindir}")
-    res = ctx.host.run([*argv, "-W", "-f=${Package}\\t${db:Status-Abbrev}\\t${Version}\\n", *names], check=False)
+    (``dpkg-query -W`` on the host)."""
+    res = ctx.host.run(["dpkg-query", "-W", "-f=${Package}\\t${db:Status-Abbrev}\\t${Version}\\n", *names], check=False)
     out: dict[str, tuple[str, str]] = {}
     for line in res.stdout.splitlines():
         parts = line.split("\t")
@@ -164,14 +202,10 @@ def installed_packages(ctx: Context, names: list[str]) -> dict[str, tuple[str, s
 
 def commands(description: str, argvs: list[list[str]], *, env: dict[str, str] | None = None,
              detail: str = "") -> Action:
-    """An Action running ``argvs`` in order (output streamed); under ``--root`` it only says
-    that it was skipped, since it would change the running system, not DIR."""
+    """An Action running ``argvs`` in order on the host (output streamed)."""
     shown = "\n".join(" ".join(a) for a in argvs)
 
     def run(ctx: Context) -> None:
-        if ctx.facts.get("root"):
-            ctx.console.print(f"    skipped under --root: {shown}", markup=False, highlight=False)
-            return
         for argv in argvs:
             ctx.host.run(argv, env=env, stream=True, timeout=1800)
 
@@ -214,12 +248,14 @@ class Prereqs(Phase):
         label = osi.pretty if osi.codename in osi.pretty else f"{osi.pretty} ({osi.codename})"
         ctx.console.print(f"  {label}", markup=False, highlight=False)
         changes: list[Change | None] = []
+        tools: list[str] = []  # packages of the commands planned below (a minimal VM may lack them)
 
         # kernel modules
         modules_text = "# k8s-sql: needed by the container runtime and kube-proxy\n" + "\n".join(MODULES) + "\n"
         changes.append(file_change(host, MODULES_FILE, modules_text.encode(), 0o644))
         missing = [m for m in MODULES if not host.exists(f"/sys/module/{m}")]
         if missing:
+            tools.append("kmod")
             changes.append(commands(f"load kernel modules {', '.join(missing)}", [["modprobe", *missing]]))
 
         # sysctls
@@ -230,6 +266,7 @@ class Prereqs(Phase):
         current = {k: (host.read_text("/proc/sys/" + k.replace(".", "/")) or "").strip() for k in SYSCTLS}
         wrong = [k for k, v in SYSCTLS.items() if current[k] != v]
         if sysctl_write or wrong:
+            tools.append("procps")
             changes.append(commands(f"apply sysctls {', '.join(wrong or SYSCTLS)}", [["sysctl", "-p", SYSCTL_FILE]]))
 
         # swap
@@ -250,11 +287,7 @@ class Prereqs(Phase):
         fetch = [r for r in repos if not host.exists(r.keyring)]
         sources = [file_change(host, r.list_file, (r.line + "\n").encode(), 0o644) for r in repos]
         if fetch:
-            tools = [p for p in ("ca-certificates", "curl", "gpg") if p not in installed_packages(ctx, [p])]
-            if tools:
-                changes.append(commands(f"install {' '.join(tools)} (to fetch repository keys)",
-                                        [["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends",
-                                                                 *tools]], env=APT_ENV))
+            tools += ["ca-certificates", "curl", "gpg"]
         for r in fetch:
             tmp = r.keyring + ".download"
             changes.append(commands(
@@ -267,12 +300,14 @@ class Prereqs(Phase):
         if install:
             changes.append(commands(
                 f"install {' '.join(install)}",
-                [["apt-get", "update"],
-                 ["apt-get", "install", "-y", "--no-install-recommends", "--allow-change-held-packages", *install]],
+                [["apt-get", *APT_OPTIONS[:2], "update"],
+                 ["apt-get", *APT_OPTIONS, "install", "-y", "--no-install-recommends", "--allow-change-held-packages",
+                  *install]],
                 env=APT_ENV, detail="repositories: " + "; ".join(r.line for r in repos)))
         unheld = [p for p in KUBE_PACKAGES if p in install or installed.get(p, ("",))[0][:1] != "h"]
         if unheld:
             changes.append(commands(f"hold {' '.join(unheld)} at their version", [["apt-mark", "hold", *unheld]]))
+        changes.append(self._cni_change(ctx))
 
         # container runtime configuration and services
         service = "crio" if cfg.kubernetes.container_runtime == "crio" else "containerd"
@@ -281,21 +316,39 @@ class Prereqs(Phase):
             if toml:
                 toml.backup, toml.backup_dir = True, cfg.paths.backup_dir
                 changes.append(toml)
-                if "containerd" not in [i.split("=")[0] for i in install]:
-                    changes.append(commands("restart containerd for the new configuration",
-                                            [["systemctl", "restart", "containerd"]]))
+                # also right after apt installed it: the package starts containerd with its defaults
+                changes.append(commands("restart containerd for the new configuration",
+                                        [["systemctl", "restart", "containerd"]]))
         for unit, now in ((service, True), ("kubelet", False)):
             if not self._enabled(ctx, unit, now):
                 argv = ["systemctl", "enable", *(["--now"] if now else []), unit]
                 changes.append(commands(f"enable {unit}" + (" and start it" if now else ""), [argv]))
+
+        have = installed_packages(ctx, tools) if tools else {}
+        need = [t for t in tools if t not in have]
+        if need:
+            changes.insert(0, commands(f"install {' '.join(need)} (tools this phase runs)",
+                                       [["apt-get", *APT_OPTIONS[:2], "update"],
+                                        ["apt-get", *APT_OPTIONS, "install", "-y", "--no-install-recommends", *need]],
+                                       env=APT_ENV))
         return [c for c in changes if c is not None]
+
+    def _cni_change(self, ctx: Context) -> WriteFile | None:
+        """The single-node bridge CNI configuration (see :data:`CNI_FILE`), unless the node
+        joins others or already has a CNI configuration of its own."""
+        cfg = ctx.config
+        if not cfg.kubernetes.single_node or self.postgres != "server":
+            return None
+        name = CNI_FILE.rsplit("/", 1)[1]
+        others = [n for n in ctx.host.listdir(CNI_DIR) if n != name and n.endswith((".conf", ".conflist", ".json"))]
+        if others:
+            ctx.console.print(f"  {CNI_DIR} has {', '.join(others)}: no bridge network written", markup=False)
+            return None
+        return file_change(ctx.host, CNI_FILE, cni_conflist(cfg.kubernetes.pod_subnet).encode(), 0o644)
 
     @staticmethod
     def _enabled(ctx: Context, unit: str, active: bool) -> bool:
-        """Whether ``unit`` is enabled (and, if ``active``, running). Under ``--root``: its
-        multi-user.target.wants link exists."""
-        if ctx.facts.get("root"):
-            return ctx.host.exists(f"/etc/systemd/system/multi-user.target.wants/{unit}.service")
+        """Whether ``unit`` is enabled (and, if ``active``, running), asked with systemctl."""
         if ctx.host.which("systemctl") is None:
             return False
         if ctx.host.run(["systemctl", "is-enabled", "--quiet", unit], check=False).returncode != 0:
@@ -307,8 +360,8 @@ class Prereqs(Phase):
         for path in (MODULES_FILE, SYSCTL_FILE):
             if not host.exists(path):
                 raise K8sSqlError("the file was not written", where=path)
-        if ctx.facts.get("root"):
-            return  # the running system was not changed, by design
+        if not host.live:
+            return  # a file tree (--root): its commands were recorded, not run, by design
         where = host.name
         for m in MODULES:
             if not host.exists(f"/sys/module/{m}"):

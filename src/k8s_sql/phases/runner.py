@@ -59,7 +59,7 @@ def run_phases(phases: list[Phase], ctx: Context, *, summary: bool = True) -> in
                         console.print(Syntax(detail, "diff", theme="ansi_dark", background_color="default"))
                     else:
                         console.print("    " + escape(detail).replace("\n", "\n    "))
-                if change.__class__.__name__ in ("WriteFile", "RemoveFile"):
+                if change.replay_in_dry_run:
                     change.apply(ctx)  # into the DryRunHost's memory, for later phases
             else:
                 console.print(f"  {escape(change.describe())}")

@@ -16,6 +16,12 @@ node unless the runtime already has it:
   written through the :class:`~k8s_sql.host.Host`, so this works over SSH too.
 - build: ``podman build`` (or ``buildah bud``); for containerd the image is then saved
   to a tar file and imported into the ``k8s.io`` namespace (``ctr images import``).
+- pin: the kubelet's image garbage collector removes unused images under disk pressure,
+  and this one could never be pulled back, so the API server (whose pod it is part of)
+  could not start again. CRI-O: ``pinned_images`` in ``/etc/crio/crio.conf.d/`` (CRI-O
+  reports the image as pinned to the kubelet, which then never removes it), and a restart
+  of a running CRI-O; containerd: the label ``io.cri-containerd.pinned=pinned`` on the image
+  (honoured by containerd ≥ 1.7; Debian 12's 1.6 keeps the label but does not pin).
 """
 
 from __future__ import annotations
@@ -34,12 +40,52 @@ from pathlib import Path
 
 from k8s_sql import __version__
 from k8s_sql.errors import K8sSqlError
-from k8s_sql.phases.base import Action, Change, Context, Phase
+from k8s_sql.phases.base import Action, Change, Context, Phase, RemoveFile, WriteFile, file_change, pending
 from k8s_sql.resources import data_dir
 
 #: Where the build context is written on the node.
 BUILD_DIR = "/var/lib/k8s-sql/shim-build"
 DIST_NAME = "k8s-sql"
+#: CRI-O's drop-in that pins the shim image, and containerd's label that does.
+CRIO_PIN_FILE = "/etc/crio/crio.conf.d/10-k8s-sql-pinned-images.conf"
+CONTAINERD_PIN_LABEL = "io.cri-containerd.pinned=pinned"
+
+
+def crio_pin_conf(ref: str) -> str:
+    """The CRI-O drop-in pinning ``ref`` (``[crio.image] pinned_images``, crio.conf(5))."""
+    return ("# written by k8s-sql: the kubelet's image garbage collection must not remove the shim image,\n"
+            "# which no registry has (it is built on this node)\n"
+            f'[crio.image]\npinned_images = ["{ref}"]\n')
+
+
+def containerd_pinned(ctx: Context, ref: str) -> bool:
+    """Whether containerd's ``k8s.io`` namespace has ``ref`` with the pinned label
+    (``ctr images ls name==REF``, whose LABELS column lists ``key=value`` pairs)."""
+    if not ctx.host.which("ctr"):
+        return False
+    res = ctx.host.run(["ctr", "-n", "k8s.io", "images", "ls", f"name=={ref}"], check=False)
+    return res.ok and any(line.split()[:1] == [ref] and CONTAINERD_PIN_LABEL in line.split()[-1].split(",")
+                          for line in res.stdout.splitlines()[1:] if line.split())
+
+
+def pin_changes(ctx: Context, ref: str) -> list[Change]:
+    """What pins ``ref`` in the node's runtime (see the module doc); ``[]`` when it is."""
+    host = ctx.host
+    if ctx.config.kubernetes.container_runtime == "containerd":
+        if containerd_pinned(ctx, ref):
+            return []
+        argv = ["ctr", "-n", "k8s.io", "images", "label", ref, CONTAINERD_PIN_LABEL]
+        return [Action(f"pin {ref} in containerd (label {CONTAINERD_PIN_LABEL}) against image garbage collection",
+                       lambda c: c.host.run(argv), detail=shlex.join(argv))]
+    write = file_change(host, CRIO_PIN_FILE, crio_pin_conf(ref).encode(), 0o644)
+    if write is None:
+        return []
+    changes: list[Change] = [write]
+    if host.run(["systemctl", "is-active", "--quiet", "crio"], check=False).ok:
+        argv = ["systemctl", "restart", "crio"]
+        changes.append(Action("restart crio to read the pinned image (running containers keep running)",
+                              lambda c: c.host.run(argv, timeout=300), detail=shlex.join(argv)))
+    return changes
 
 
 def image_present(ctx: Context, ref: str) -> bool:
@@ -157,20 +203,23 @@ def upload_context(ctx: Context, context_dir: str = BUILD_DIR) -> None:
     with tempfile.TemporaryDirectory(prefix="k8s-sql-wheel-") as tmp:
         wheel = make_wheel(Path(tmp))
         dist = posixpath.join(context_dir, "dist")
-        host.makedirs(dist, 0o755)
         for old in host.listdir(dist):
-            if old != wheel.name:
-                host.remove(posixpath.join(dist, old))
-        host.write_bytes(posixpath.join(context_dir, "Containerfile"), containerfile, mode=0o644)
-        host.write_bytes(posixpath.join(dist, wheel.name), wheel.read_bytes(), mode=0o644)
+            if old != wheel.name and not host.is_dir(posixpath.join(dist, old)):
+                RemoveFile(posixpath.join(dist, old)).apply(ctx)
+        # through WriteFile, so that the context is recorded for reset (k8s_sql.state)
+        WriteFile(posixpath.join(context_dir, "Containerfile"), containerfile, 0o644).apply(ctx)
+        WriteFile(posixpath.join(dist, wheel.name), wheel.read_bytes(), 0o644).apply(ctx)
 
 
 class ShimImage(Phase):
     """Builds ``localhost/k8s-sql-shim:<version>`` on the node when the runtime lacks it.
 
-    Raises:
-        K8sSqlError: neither podman nor buildah is installed (outside ``--dry-run``), a
-            build command fails, or the image is still missing afterwards.
+    Without podman or buildah on the node the build is planned all the same, marked
+    pending (a dry run shows it like any other step); applying it then raises.
+
+    Raises (from apply and verify):
+        K8sSqlError: neither podman nor buildah is installed, a build command fails, or
+            the image is still missing afterwards.
     """
 
     name = "shim"
@@ -183,15 +232,30 @@ class ShimImage(Phase):
             ctx.console.print(f"  image {ref} is pulled by the kubelet; nothing to build")
             return []
         if image_present(ctx, ref):
-            return []
+            return pin_changes(ctx, ref)
+        if builder(ctx) is None:
+            build: list[Change] = [pending(
+                f"build the shim image {ref} for {cfg.kubernetes.container_runtime}",
+                "podman or buildah is installed (prereqs installs podman; or pass --shim-image)",
+                self._plan_build, detail="\n".join(shlex.join(c) for c in build_commands(
+                    "podman", cfg.kubernetes.container_runtime, ref)))]
+        else:
+            build = self._plan_build(ctx)
+        return build + pin_changes(ctx, ref)
+
+    def _plan_build(self, ctx: Context) -> list[Change]:
+        """The build with the node's podman or buildah.
+
+        Raises:
+            K8sSqlError: neither is installed.
+        """
+        cfg = ctx.config
+        ref = cfg.shim_image
         tool = builder(ctx)
         if tool is None:
-            if not ctx.dry_run:
-                raise K8sSqlError(f"neither podman nor buildah is installed, so the shim image {ref} cannot be built",
-                                  where=ctx.host.name,
-                                  hint="apt-get install podman (or buildah), or pass --shim-image with a published "
-                                       "image")
-            tool = "podman"
+            raise K8sSqlError(f"neither podman nor buildah is installed, so the shim image {ref} cannot be built",
+                              where=ctx.host.name,
+                              hint="apt-get install podman (or buildah), or pass --shim-image with a published image")
         runtime = cfg.kubernetes.container_runtime
         cmds = build_commands(tool, runtime, ref)
         detail = (f"write {BUILD_DIR}/Containerfile and {BUILD_DIR}/dist/k8s_sql-{__version__}-*.whl, then\n"
@@ -214,3 +278,6 @@ class ShimImage(Phase):
             raise K8sSqlError(f"the container runtime ({cfg.kubernetes.container_runtime}) still has no image "
                               f"{cfg.shim_image}", where=ctx.host.name,
                               hint="look at the build output above; build it by hand as in shim/README.md")
+        if pin_changes(ctx, cfg.shim_image):
+            raise K8sSqlError(f"the image {cfg.shim_image} is not pinned in {cfg.kubernetes.container_runtime}",
+                              where=ctx.host.name, hint="run `k8s-sql init phase shim` again")

@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from k8s_sql.config import Cluster
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.pki import files
+from k8s_sql.pki.expiry import load_certificate
 
 CA_COMMON_NAME = "k8s-sql-datastore-ca"
 #: A leaf is re-issued when it expires within this many days.
@@ -141,7 +142,7 @@ def load_ca(cert_pem: bytes, key_pem: bytes, where: str) -> tuple[x509.Certifica
     hint = ("restore ca.crt/ca.key from a backup; or move both away to make a new CA "
             "(every certificate is then re-issued and PostgreSQL and kube-apiserver must reload)")
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
+        cert = load_certificate(cert_pem)  # a CA of kubeadm before 1.28 has serial number 0
     except ValueError:
         raise K8sSqlError(f"{files.CA_CERT} is not a PEM certificate", where=where, hint=hint) from None
     try:
