@@ -106,7 +106,10 @@ def test_external_postgres_keeps_host_drops_password():
 
 
 def test_kine_flags_and_tcp_probes():
+    """Kine keeps its own compaction when k8s-sql's interval is 0 (kube-apiserver compacts):
+    older Kine releases ignore kube-apiserver's Compact and some panic on a zero interval."""
     cfg = Cluster()
+    assert cfg.shim.compaction_interval == "0"
     cfg.shim.kind = "kine"
     c = yamlio.plain(sidecar.container(cfg))
     assert c["image"] == cfg.shim.kine_image and "command" not in c
@@ -122,9 +125,10 @@ def test_kine_flags_and_tcp_probes():
         "--trusted-ca-file": f"{PKI}/ca.crt",
         "--metrics-bind-address": "127.0.0.1:2381",
         "--watch-progress-notify-interval": "5s",
-        "--compact-interval": cfg.shim.compaction_interval,
     }
     assert c["livenessProbe"]["tcpSocket"] == {"host": "127.0.0.1", "port": 2379}
+    cfg.shim.compaction_interval = "10m"
+    assert "--compact-interval=10m" in yamlio.plain(sidecar.container(cfg))["args"]
 
 
 def test_pki_dir_outside_kubeadm_mount_is_mounted_into_apiserver():

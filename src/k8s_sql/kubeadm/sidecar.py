@@ -35,6 +35,7 @@ from k8s_sql.config import Cluster
 from k8s_sql.kubeadm import files, yamlio
 from k8s_sql.kubeadm.config import SHIM_ENDPOINT_HOST
 from k8s_sql.resources import template_path
+from k8s_sql.shim.settings import go_duration
 
 #: Name of the sidecar container in the kube-apiserver pod.
 CONTAINER_NAME = "etcd-shim"
@@ -87,6 +88,13 @@ def datastore_uri(cfg: Cluster) -> str:
             + urlencode(tls, safe="/"))
 
 
+def _kine_compaction(interval: str) -> list[str]:
+    """Kine's compaction flag: ``0`` (k8s-sql's default: kube-apiserver compacts) is left
+    out, so Kine keeps its own default interval. Kine releases before k3s-io/kine#513 do not
+    honour kube-apiserver's Compact requests, and some panic on a zero interval."""
+    return [] if go_duration(interval) == 0 else [f"--compact-interval={interval}"]
+
+
 def _kine_endpoint(cfg: Cluster) -> str:
     """Kine's ``--endpoint``: the same server, with TLS files given by --ca-file etc."""
     u = urlsplit(datastore_uri(cfg))
@@ -111,8 +119,7 @@ def command_line(cfg: Cluster) -> tuple[list[str] | None, list[str]]:
             f"--trusted-ca-file={files.pki(pki, files.CA_CERT)}",
             f"--metrics-bind-address={SHIM_ENDPOINT_HOST}:{s.metrics_port}",
             f"--watch-progress-notify-interval={s.watch_progress_notify_interval}",
-            f"--compact-interval={s.compaction_interval}",
-        ]
+        ] + _kine_compaction(s.compaction_interval)
     return ["k8s-sql"], [
         "shim",
         "serve",
