@@ -318,3 +318,51 @@ def test_control_plane_join_runs_its_own_shim_against_the_first_nodes_postgresql
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "up to date" in r.stdout, r.stdout + r.stderr
     assert ["hostssl", "kubernetes", "k8s_sql", f"{addr}/32", "cert"] in hba_lines(pgc)
+
+
+def test_first_node_config_is_the_one_init_recorded_there(tmp_path):
+    """The first node's configuration is read from the first node (what init recorded), not
+    taken from the joining node's file; a first node without the record falls back to the
+    joining configuration and says so."""
+    from k8s_sql.config import dump
+    from k8s_sql.phases.join import first_node_config
+
+    joining = Cluster()
+    joining.paths.state_file = "/srv/k8s-sql/state.json"
+    first = Cluster()
+    first.postgres.port, first.paths.pki_dir, first.node.name = 5433, "/etc/k8s-sql-pki", "cp1"
+    root = tmp_path / "first"
+    (root / "srv/k8s-sql").mkdir(parents=True)
+    (root / "srv/k8s-sql/cluster.yaml").write_text(dump(first))
+    cfg, source = first_node_config(LocalHost(root=str(root)), joining)
+    assert (cfg.postgres.port, cfg.paths.pki_dir, cfg.node.name) == (5433, "/etc/k8s-sql-pki", "cp1")
+    assert source == "localhost:/srv/k8s-sql/cluster.yaml"
+    (root / "srv/k8s-sql/cluster.yaml").unlink()
+    cfg, source = first_node_config(LocalHost(root=str(root)), joining)
+    assert dump(cfg) == dump(joining) and "the joining node's configuration (no /var/lib/k8s-sql/cluster.yaml" in source
+
+
+def test_cli_join_uses_the_first_nodes_recorded_configuration(env, tmp_path):
+    """Through the command line: the first node (this machine) has its admin kubeconfig
+    where its recorded configuration says, not where the joining file says; join finds it."""
+    reset_node(env)
+    sshd = env["sshd"]
+    stale = env["node"] / "kubernetes/admin.conf"
+    if stale.exists():
+        stale.unlink()
+    first_admin = tmp_path / "first/admin.conf"
+    first_admin.parent.mkdir()
+    first_admin.write_text("kind: Config\n")
+    (tmp_path / "cluster.yaml").write_text("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n"
+                                          f"paths: {{kubeconfig: {first_admin}}}\n")
+    cfg_file = tmp_path / "joining.yaml"
+    cfg_file.write_text("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n"
+                        f"paths: {{kubeconfig: {stale}, stateFile: {tmp_path}/state.json}}\n")
+    args = [sys.executable, "-m", "k8s_sql", "join", "-c", str(cfg_file), "--host", "root@127.0.0.1",
+            "--ssh-port", str(sshd.port), "--ssh-key", sshd.client_key, "--ssh-known-hosts", sshd.known_hosts,
+            "--skip-phases", "prereqs"]
+    run_env = {**os.environ, "PATH": f"{env['bin']}:{os.environ['PATH']}", "COLUMNS": "250"}
+    r = subprocess.run(args, capture_output=True, text=True, env=run_env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"first node's configuration: localhost:{tmp_path}/cluster.yaml" in r.stdout
+    assert log(env)[-1].startswith("join 192.0.2.10:6443")

@@ -74,6 +74,7 @@ def node(tmp_path, monkeypatch):
     p.patches_dir = str(tmp_path / "etc/k8s-sql/patches")
     p.manifests_dir = str(tmp_path / "etc/kubernetes/manifests")
     p.kubeconfig = str(tmp_path / "etc/kubernetes/admin.conf")
+    p.state_file = str(tmp_path / "var/lib/k8s-sql/state.json")
     for k, v in {"KUBEADM_LOG": tmp_path / "kubeadm.log", "KUBEADM_BASE": BASE,
                  "KUBEADM_MANIFESTS": p.manifests_dir, "KUBEADM_ADMIN_CONF": p.kubeconfig}.items():
         monkeypatch.setenv(k, str(v))
@@ -112,7 +113,7 @@ def test_kine_ignores_only_external_etcd_version(node):
 def test_dry_run_runs_nothing(node):
     cfg, tmp = node
     ctx = Context(host=DryRunHost(LocalHost()), config=cfg, dry_run=True)
-    assert run_phases([KubeadmConfig(), KubeadmInit()], ctx) == 3
+    assert run_phases([KubeadmConfig(), KubeadmInit()], ctx) == 4  # 2 files, the recorded config, kubeadm init
     assert calls(tmp) == [] and not os.path.exists(cfg.paths.kubeadm_config)
 
 
@@ -135,7 +136,7 @@ def test_missing_kubeadm(node, monkeypatch):
     real = KubeadmInit().plan(Context(host=LocalHost(), config=cfg))
     dry = KubeadmInit().plan(Context(host=DryRunHost(LocalHost()), config=cfg, dry_run=True))
     assert [c.describe() for c in real] == [c.describe() for c in dry]
-    assert real[0].describe().endswith("(pending: after prereqs installs kubeadm)")
+    assert real[-1].describe().endswith("(pending: after prereqs installs kubeadm)")
     with pytest.raises(K8sSqlError, match="kubeadm is not installed") as e:
         run_phases([KubeadmInit()], Context(host=LocalHost(), config=cfg))
     assert "prereqs" in e.value.hint
@@ -160,3 +161,64 @@ def test_interrupted_init_is_reported(node):
     with pytest.raises(K8sSqlError, match="admin kubeconfig is missing") as e:
         KubeadmInit().plan(Context(host=LocalHost(), config=cfg))
     assert "kubeadm reset" in e.value.hint and len(calls(tmp)) == 1
+
+
+def as_kubeadm_writes_it(text: str) -> str:
+    """The manifest re-serialised the way kubeadm writes a patched static pod (from its Go
+    structs, not k8s-sql's text): keys sorted, ``creationTimestamp: null`` and ``status: {}``
+    added, the defaults of the container fields filled in, volumes and mounts in name order."""
+    pod = yaml.safe_load(text)
+    pod["metadata"]["creationTimestamp"] = None
+    pod["status"] = {}
+    spec = pod["spec"]
+    for c in spec["containers"]:
+        c.setdefault("terminationMessagePath", "/dev/termination-log")
+        c.setdefault("terminationMessagePolicy", "File")
+        c["volumeMounts"] = sorted(c.get("volumeMounts", []), key=lambda m: m["name"])
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            if probe in c:
+                c[probe].setdefault("successThreshold", 1)
+    spec["volumes"] = sorted(spec["volumes"], key=lambda v: v["name"], reverse=True)
+    return yaml.safe_dump(pod, sort_keys=True, default_flow_style=False)
+
+
+def test_verify_compares_the_sidecar_by_meaning_not_bytes(node):
+    """kubeadm writes the patched manifest itself: other key order, its defaults, its list
+    order. That is still the configured shim (verify passes, a second run plans nothing);
+    a sidecar with another image or without an argument is not, and the error says where."""
+    cfg, tmp_path = node
+    run_phases([KubeadmConfig(), KubeadmInit()], Context(host=LocalHost(), config=cfg))
+    path = Path(cfg.paths.manifests_dir) / "kube-apiserver.yaml"
+    rewritten = as_kubeadm_writes_it(path.read_text())
+    path.write_text(rewritten)
+    c = Context(host=LocalHost(), config=cfg)
+    KubeadmInit().verify(c)
+    assert KubeadmInit().plan(c) == []
+
+    pod = yaml.safe_load(rewritten)
+    side = next(x for x in pod["spec"]["containers"] if x["name"] == "etcd-shim")
+    side["image"] = "localhost/k8s-sql-shim:0.0.1"
+    path.write_text(yaml.safe_dump(pod))
+    with pytest.raises(K8sSqlError, match=r"containers\[etcd-shim\]\.image differs"):
+        KubeadmInit().verify(c)
+    side["image"] = cfg.shim_image
+    side["args"] = [a for a in side["args"] if not a.startswith("--client-cert-auth")]
+    path.write_text(yaml.safe_dump(pod))
+    with pytest.raises(K8sSqlError, match=r"containers\[etcd-shim\]\.args"):
+        KubeadmInit().verify(c)
+
+
+def test_init_records_the_configuration_for_join(node):
+    """join acts on the first node with that node's configuration: init records it beside
+    the state file (0600, root), re-written only when it changes."""
+    from k8s_sql.config import dump, load
+    from k8s_sql.phases.kubeadm_init import init_config_path
+
+    cfg, tmp = node
+    cfg.postgres.port = 5433
+    run_phases([KubeadmConfig(), KubeadmInit()], Context(host=LocalHost(), config=cfg))
+    path = Path(init_config_path(cfg))
+    assert path == tmp / "var/lib/k8s-sql/cluster.yaml"
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and path.stat().st_uid == 0
+    assert dump(load(path.read_text())) == dump(cfg) and load(path.read_text()).postgres.port == 5433
+    assert run_phases([KubeadmConfig(), KubeadmInit()], Context(host=LocalHost(), config=cfg)) == 0

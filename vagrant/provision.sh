@@ -11,14 +11,19 @@ usage() { echo "usage: provision.sh control-plane|worker IP VERSION [CONTROL_PLA
 role=$1 ip=$2 version=$3 cp_ip=${4:-}
 case "$role" in control-plane) ;; worker) [ -n "$cp_ip" ] || usage ;; *) usage ;; esac
 export DEBIAN_FRONTEND=noninteractive
+# unattended-upgrades holds the dpkg lock on a fresh VM's first boot: wait for it; and never
+# stop at a conffile prompt (stdin is not a terminal here)
+APT_OPTIONS="-o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
 FLANNEL_VERSION=${FLANNEL_VERSION:-v0.26.7}
 SHARED_KEY=/vagrant/vagrant/.playground/id_ed25519   # made on the host by the Vagrantfile's trigger
 KEY=/root/.ssh/k8s-sql-playground-key
 KNOWN_HOSTS=/root/.ssh/k8s-sql-playground-known_hosts
 
 if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-  apt-get update -qq
-  apt-get install -y -qq python3-venv >/dev/null
+  # shellcheck disable=SC2086 # APT_OPTIONS is a list of words
+  apt-get $APT_OPTIONS update -qq
+  # shellcheck disable=SC2086
+  apt-get $APT_OPTIONS install -y -qq python3-venv >/dev/null
 fi
 [ -x /opt/k8s-sql/bin/pip ] || python3 -m venv /opt/k8s-sql
 /opt/k8s-sql/bin/pip install -q --upgrade /vagrant
@@ -36,7 +41,8 @@ kubernetes:
 EOF
 
 # every VM has the same NAT address on its first interface: the kubelet must use the
-# private one (read by kubeadm's kubelet drop-in)
+# private one (read by kubeadm's kubelet drop-in). The kubelet package ships this file as a
+# conffile; k8s-sql's prereqs installs it with --force-confold, so this content is kept.
 echo "KUBELET_EXTRA_ARGS=--node-ip=$ip" >/etc/default/kubelet
 
 case "$role" in
@@ -67,17 +73,9 @@ control-plane)
 worker)
   install -d -m 0700 /root/.ssh
   install -m 0600 "$SHARED_KEY" "$KEY"
-  # the control plane is up before the workers with VirtualBox; libvirt starts VMs in parallel
-  i=0
-  until ssh-keyscan -T 5 "$cp_ip" >"$KNOWN_HOSTS.new" 2>/dev/null && [ -s "$KNOWN_HOSTS.new" ] &&
-        ssh -i "$KEY" -o UserKnownHostsFile="$KNOWN_HOSTS.new" -o BatchMode=yes "vagrant@$cp_ip" \
-          test -f /etc/kubernetes/admin.conf; do
-    i=$((i + 1))
-    [ "$i" -lt 90 ] || { echo "the control plane $cp_ip did not come up" >&2; exit 1; }
-    sleep 10
-  done
-  # first use on a private playground network: the key just scanned is trusted
-  mv "$KNOWN_HOSTS.new" "$KNOWN_HOSTS"
+  # the control plane is up before the workers with VirtualBox; libvirt starts VMs in parallel:
+  # wait for its API server (/readyz), not only for admin.conf
+  sh /vagrant/vagrant/wait-control-plane.sh "$cp_ip" "$KEY" "$KNOWN_HOSTS"
   k8s-sql join --config /etc/k8s-sql/cluster.yaml --control-plane-host "vagrant@$cp_ip" \
     --ssh-key "$KEY" --ssh-known-hosts "$KNOWN_HOSTS"
   ;;

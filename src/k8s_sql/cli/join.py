@@ -6,14 +6,13 @@ is ``--control-plane-host`` (over SSH) or this machine. The steps are in :mod:`k
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 from typing import Annotated, Optional
 
 import typer
 
 from k8s_sql.cli import common
-from k8s_sql.phases.join import run_join
+from k8s_sql.phases.join import first_node_config, run_join
 
 app = typer.Typer(name="join", help="Join a worker (or, with --control-plane, another control-plane node running "
                   "its own shim against the same PostgreSQL) to the cluster of the first control-plane node.")
@@ -64,7 +63,9 @@ def join(
     else:
         cp = common.target_host(None)
     target = common.target_host(host, ssh_key if host else None, ssh_port, ssh_known_hosts if host else None)
-    # one configuration file describes both nodes; each context gets its own copy
-    run_join(common.make_context(copy.deepcopy(cfg), dry_run=dry_run, host=cp),
+    # the first node acts with the configuration it was initialised with, not the joining node's
+    cp_cfg, source = first_node_config(cp, cfg)
+    common.console.print(f"first node's configuration: {source}", markup=False, highlight=False)
+    run_join(common.make_context(cp_cfg, dry_run=dry_run, host=cp),
              common.make_context(cfg, dry_run=dry_run, host=target), control_plane=control_plane,
              skip=frozenset(skipped), apiserver_advertise_address=apiserver_advertise_address)

@@ -199,11 +199,16 @@ class RemoveDir(Change):
 
 @dataclass
 class Action(Change):
-    """Any other step (run a command, an SQL statement): a description and a function."""
+    """Any other step (run a command, an SQL statement): a description and a function.
+
+    ``argvs``: the commands the step runs on the host, as data (``[["apt-get", …], …]``;
+    for a :func:`pending` step those its later plan runs), so that a plan can be checked
+    for programs nothing installs (tests/test_plan_completeness.py)."""
 
     description: str
     fn: Callable[[Context], None]
     detail: str = ""
+    argvs: list[list[str]] = field(default_factory=list)
 
     def describe(self) -> str:
         return self.description
@@ -222,7 +227,8 @@ def pending_note(after: str) -> str:
     return f"pending: after {after}"
 
 
-def pending(description: str, after: str, plan: Callable[[Context], list[Change]], detail: str = "") -> Action:
+def pending(description: str, after: str, plan: Callable[[Context], list[Change]], detail: str = "",
+            argvs: list[list[str]] | None = None) -> Action:
     """A step that can only be planned once an earlier one has run (a package prereqs
     installs, a server a change above starts): described as ``<description> (pending:
     after <after>)``, in a dry run and a real run alike.
@@ -237,7 +243,7 @@ def pending(description: str, after: str, plan: Callable[[Context], list[Change]
             ctx.console.print(f"    {escape(change.describe())}")
             change.apply(ctx)
 
-    return Action(f"{description} ({pending_note(after)})", apply, detail=detail)
+    return Action(f"{description} ({pending_note(after)})", apply, detail=detail, argvs=list(argvs or []))
 
 
 def file_change(host: Host, path: str, content: bytes, mode: int = 0o644, **kwargs) -> WriteFile | None:

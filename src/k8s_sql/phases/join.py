@@ -26,8 +26,10 @@ import posixpath
 import re
 import shlex
 
+from k8s_sql.config import Cluster, load
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.host import Host
+from k8s_sql.phases.kubeadm_init import init_config_path
 from k8s_sql.kubeadm import node as kubeadm_node
 from k8s_sql.kubeadm import sidecar
 from k8s_sql.pg import clients as pgclients
@@ -80,6 +82,23 @@ def masked(argv: list[str]) -> str:
         out.append("***" if hide else a)
         hide = a in ("--token", "--certificate-key")
     return " ".join(out)
+
+
+def first_node_config(cp: Host, joining: Cluster) -> tuple[Cluster, str]:
+    """The first node's own configuration, as ``init`` recorded it there
+    (:func:`~k8s_sql.phases.kubeadm_init.init_config_path`: beside the default state file, or
+    beside the joining configuration's ``paths.stateFile``), and where it came from. A first
+    node initialised before that record existed falls back to a copy of ``joining``, said so.
+
+    Raises:
+        ConfigError: the recorded file does not parse (names the file on the first node).
+    """
+    candidates = dict.fromkeys([init_config_path(Cluster()), init_config_path(joining)])
+    for path in candidates:
+        text = cp.read_text(path)
+        if text is not None:
+            return load(text, f"{cp.name}:{path}"), f"{cp.name}:{path}"
+    return copy.deepcopy(joining), f"the joining node's configuration (no {' or '.join(candidates)} on {cp.name})"
 
 
 def _require_initialised(cp: Context) -> None:
@@ -155,14 +174,15 @@ class Join(Phase):
             changes.append(Action(
                 f"check that {ctx.host.name} logs in to PostgreSQL at {cfg.postgres.host}:{cfg.postgres.port} "
                 "as the shim does (verify-full, client certificate)",
-                lambda c: self._probe(c, conninfo), detail=f"psql -d '{conninfo}'"))
+                lambda c: self._probe(c, conninfo), detail=f"psql -d '{conninfo}'", argvs=[["psql", "-d", conninfo]]))
             extra += ["--patches", ctx.config.paths.patches_dir]
         kind = "control-plane node" if self.control_plane else "worker"
         changes.append(Action(
             f"kubeadm join as a {kind} (token from {cp.host.name})", lambda c: self._join(c, extra),
             detail="kubeadm token create --print-join-command"
             + (" and kubeadm init phase upload-certs --upload-certs" if self.control_plane else "")
-            + f" on {cp.host.name}, then kubeadm join … {' '.join(extra)} on {ctx.host.name}"))
+            + f" on {cp.host.name}, then kubeadm join … {' '.join(extra)} on {ctx.host.name}",
+            argvs=[["kubeadm", "join", *extra]]))  # on this node; kubeadm token create runs on the first
         return changes
 
     def _control_plane_files(self, ctx: Context) -> list[Change]:

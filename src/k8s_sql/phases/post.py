@@ -65,7 +65,8 @@ def own_dir_action(path: str, user: str, *, create: bool) -> Action:
         if ctx.state is not None and new:
             ctx.state.record_dirs(host, new)
 
-    return Action(f"create {path} (0700) owned by {user}" if create else f"give {path} to {user}", apply)
+    return Action(f"create {path} (0700) owned by {user}" if create else f"give {path} to {user}", apply,
+                  argvs=[["id", "-g", user], ["chown", "-h", user, path]])
 
 
 class Post(Phase):
@@ -90,7 +91,9 @@ class Post(Phase):
             what = f"copy {cfg.paths.kubeconfig} to ~{ctx.options.invoking_user}/.kube/config"
             if cfg.kubernetes.single_node:
                 what += f", remove the {TAINT_KEY}:NoSchedule taint from node {cfg.node.name} (single node)"
-            return [pending(what, "kubeadm-init writes it", self._plan_with_admin)]
+            return [pending(what, "kubeadm-init writes it", self._plan_with_admin,
+                            argvs=[["getent", "passwd", ctx.options.invoking_user], ["kubectl", "get", "node"],
+                                   ["kubectl", "taint", "nodes"]])]
         return self._plan_with_admin(ctx)
 
     def _plan_with_admin(self, ctx: Context) -> list[Change]:
@@ -117,7 +120,8 @@ class Post(Phase):
         if cfg.kubernetes.single_node and has_taint(ctx):
             node = cfg.node.name
             changes.append(Action(f"remove the {TAINT_KEY}:NoSchedule taint from node {node} (single node)",
-                                  lambda c: kubectl(c, "taint", "nodes", node, f"{TAINT_KEY}:NoSchedule-")))
+                                  lambda c: kubectl(c, "taint", "nodes", node, f"{TAINT_KEY}:NoSchedule-"),
+                                  argvs=[["kubectl", "taint", "nodes", node, f"{TAINT_KEY}:NoSchedule-"]]))
         return changes
 
     def verify(self, ctx: Context) -> None:

@@ -42,8 +42,12 @@ from k8s_sql.pg import connect, hba, roles
 from k8s_sql.pki import files
 
 
+#: The programs the SQL steps run (psql as postgres, through runuser on the node).
+PSQL_ARGVS = [["runuser", "-u", "postgres", "--", "psql"]]
+
+
 def _sql_action(description: str, sql: str) -> Action:
-    return Action(description, lambda c: pgcluster.psql(c.host, c.config, sql), detail=sql)
+    return Action(description, lambda c: pgcluster.psql(c.host, c.config, sql), detail=sql, argvs=PSQL_ARGVS)
 
 
 #: What configuring the cluster consists of (for the description of a pending step).
@@ -79,7 +83,7 @@ def ctl_action(host: Host, cluster: pgcluster.PgCluster, action: str, why: str) 
     """An :class:`Action` running :func:`ctl_command` (``why`` ends the description)."""
     argv, user = ctl_command(host, cluster, action)
     return Action(f"{action} {cluster.label} ({why})", lambda c: c.host.run(argv, user=user, timeout=120),
-                  detail=" ".join(argv))
+                  detail=" ".join(argv), argvs=[(["runuser", "-u", user, "--"] if user else []) + argv])
 
 
 def start_action(host: Host, cluster: pgcluster.PgCluster) -> Action:
@@ -110,7 +114,9 @@ class Postgres(Phase):
         if cluster is None:
             if missing_ok:
                 return [pending(f"configure the PostgreSQL cluster {cfg.postgres.cluster}: {WHAT}", "prereqs installs "
-                                "PostgreSQL", lambda c: self._plan_local(c, missing_ok=False))]
+                                "PostgreSQL", lambda c: self._plan_local(c, missing_ok=False),
+                                argvs=[["pg_lsclusters"], *PSQL_ARGVS, ["systemctl", "restart", "postgresql@"],
+                                       ["runuser", "-u", "postgres", "--", "pg_ctlcluster"]])]
             raise K8sSqlError(f"no PostgreSQL cluster {cfg.postgres.cluster!r}"
                               + (f" of version {cfg.postgres.version}" if cfg.postgres.version else "")
                               + " on this node (pg_lsclusters)", where=host.name,
@@ -119,8 +125,8 @@ class Postgres(Phase):
         if is_stopped(host, cluster):
             self._check_pki(ctx)
             return [start_action(host, cluster),
-                    pending(f"configure {cluster.label}: {WHAT}", f"{cluster.label} is started",
-                            lambda c: self._plan_running(c, cluster))]
+                    pending(f"configure {cluster.label}: {WHAT}", f"{cluster.label} is started", argvs=PSQL_ARGVS,
+                            plan=lambda c: self._plan_running(c, cluster))]
         return self._plan_running(ctx, cluster)
 
     def _plan_running(self, ctx: Context, cluster: pgcluster.PgCluster) -> list[Change]:

@@ -209,7 +209,7 @@ def commands(description: str, argvs: list[list[str]], *, env: dict[str, str] | 
         for argv in argvs:
             ctx.host.run(argv, env=env, stream=True, timeout=1800)
 
-    return Action(description, run, detail=(detail + "\n" if detail else "") + shown)
+    return Action(description, run, detail=(detail + "\n" if detail else "") + shown, argvs=argvs)
 
 
 def fstab_without_swap(text: str) -> str:

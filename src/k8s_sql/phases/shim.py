@@ -76,7 +76,7 @@ def pin_changes(ctx: Context, ref: str) -> list[Change]:
             return []
         argv = ["ctr", "-n", "k8s.io", "images", "label", ref, CONTAINERD_PIN_LABEL]
         return [Action(f"pin {ref} in containerd (label {CONTAINERD_PIN_LABEL}) against image garbage collection",
-                       lambda c: c.host.run(argv), detail=shlex.join(argv))]
+                       lambda c: c.host.run(argv), detail=shlex.join(argv), argvs=[argv])]
     write = file_change(host, CRIO_PIN_FILE, crio_pin_conf(ref).encode(), 0o644)
     if write is None:
         return []
@@ -84,7 +84,7 @@ def pin_changes(ctx: Context, ref: str) -> list[Change]:
     if host.run(["systemctl", "is-active", "--quiet", "crio"], check=False).ok:
         argv = ["systemctl", "restart", "crio"]
         changes.append(Action("restart crio to read the pinned image (running containers keep running)",
-                              lambda c: c.host.run(argv, timeout=300), detail=shlex.join(argv)))
+                              lambda c: c.host.run(argv, timeout=300), detail=shlex.join(argv), argvs=[argv]))
     return changes
 
 
@@ -238,7 +238,8 @@ class ShimImage(Phase):
                 f"build the shim image {ref} for {cfg.kubernetes.container_runtime}",
                 "podman or buildah is installed (prereqs installs podman; or pass --shim-image)",
                 self._plan_build, detail="\n".join(shlex.join(c) for c in build_commands(
-                    "podman", cfg.kubernetes.container_runtime, ref)))]
+                    "podman", cfg.kubernetes.container_runtime, ref)),
+                argvs=build_commands("podman", cfg.kubernetes.container_runtime, ref))]
         else:
             build = self._plan_build(ctx)
         return build + pin_changes(ctx, ref)
@@ -268,7 +269,7 @@ class ShimImage(Phase):
             if runtime == "containerd":
                 c.host.remove(posixpath.join(BUILD_DIR, "image.tar"))  # the runtime has its own copy now
 
-        return [Action(f"build the shim image {ref} with {tool} for {runtime}", build, detail)]
+        return [Action(f"build the shim image {ref} with {tool} for {runtime}", build, detail, argvs=cmds)]
 
     def verify(self, ctx: Context) -> None:
         cfg = ctx.config
