@@ -2,11 +2,15 @@
 
 A seeded generator produces sequences of operations — puts (prev_kv, lease, ignore_value,
 ignore_lease), deletes (one key, ranges, prefixes, prev_kv), ranges (prefix, from-key
-``\\0``, limit/more/count, keys_only, count_only, every sort order and target, min/max
-mod/create revision) at the current and at old revisions, txns with every compare target
-and result (also over a range_end) and nested txns, compactions (and reads below them),
-watches from past revisions (including compacted ones), and leases (grant with explicit
-IDs, attach, revoke with its delete events, time-to-live with keys, list). Each operation
+``\\0``, limit/more/count, keys_only, count_only, every sort order and target, unknown
+sort orders, the largest int64 limit, min/max mod/create revision) at the current and at
+old revisions, txns with every compare target and result (also over a range_end; unknown
+targets and results, empty compare keys), empty ops, too many ops, and nested txns,
+compactions (and reads below them), watches from past revisions (including compacted and
+negative ones, a client that half-closes, a second create with the same watch_id or an
+empty range), and leases (grant with explicit IDs or a too large TTL, attach, revoke with
+its delete events, time-to-live with keys, list). Keys include ones far longer than the
+shim's 1,024-byte index head, some sharing their first 1,100 bytes. Each operation
 goes to both servers, one after the other, and the responses are compared field by field:
 header revision, kvs with create/mod revision and version, counts, ``more``, events, and
 errors (gRPC code and message). Only what must differ is ignored: cluster_id, member_id
@@ -31,7 +35,9 @@ from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 
 SEEDS = range(8)
 OPS_PER_SEED = 400
-NAMES = [b"a", b"b", b"b/c", b"b/d", b"c", b"d\x00x", b"e", b"\xff"]
+_LONG = bytes(range(256)) * 4 + b"L" * 76  # 1,100 bytes
+NAMES = [b"a", b"b", b"b/c", b"b/d", b"c", b"d\x00x", b"e", b"\xff",
+         b"l/" + _LONG, b"l/" + _LONG + b"a", b"l/" + _LONG + b"b", b"m" + bytes(range(255, -1, -1)) * 12]
 
 
 @pytest.fixture(scope="module")
@@ -71,35 +77,49 @@ def call(channel, service: str, method: str, request, drop=()):
     return d
 
 
-def watch(channel, create: rpc_pb2.WatchCreateRequest, sentinel: tuple[bytes, bytes], timeout: float = 10.0):
-    """Events of one watcher up to the put of ``sentinel`` (key, value), or a cancel, normalised."""
+def watch(channel, create: rpc_pb2.WatchCreateRequest, sentinel: tuple[bytes, bytes], extra=(),
+          half_close: bool = False, timeout: float = 10.0):
+    """What one watch stream answers up to the put of ``sentinel`` (key, value) or until no
+    watcher is left, normalised: the control answers (created, canceled, with watch_id and
+    reason) in order for each watch id, then the events in order (etcd interleaves the two
+    freely). ``extra``
+    are create requests sent right after ``create``; ``half_close`` closes the client's side
+    after them."""
     requests: queue.Queue = queue.Queue()
-    requests.put(rpc_pb2.WatchRequest(create_request=create))
+    for c in (create, *extra):
+        requests.put(rpc_pb2.WatchRequest(create_request=c))
+    if half_close:
+        requests.put(None)
     call_ = rpc_pb2_grpc.WatchStub(channel).Watch(iter(requests.get, None), timeout=timeout)
-    out = []
+    control, events = [], []
+    unanswered, live, seen = 1 + len(extra), set(), False
     try:
         for r in call_:
             d = norm(MessageToDict(r, preserving_proto_field_name=True))
-            if r.created:
-                out.append(("created", r.canceled))
-                if r.canceled:
+            if r.created or r.canceled:
+                control.append(("created" if r.created else "canceled", r.watch_id, r.canceled,
+                                r.cancel_reason, r.compact_revision))
+                unanswered -= r.created
+                if r.created and not r.canceled:
+                    live.add(r.watch_id)
+                elif not r.created:
+                    live.discard(r.watch_id)
+                if not unanswered and (seen or not live):
                     break
                 continue
-            if r.canceled:
-                out.append(("canceled", r.compact_revision))
-                break
-            done = False
             for e, raw in zip(d.get("events", []), r.events):
-                out.append(e)
+                events.append(e)
                 if raw.kv.key == sentinel[0] and raw.kv.value == sentinel[1] and raw.type == 0:
-                    done = True  # this watch's own sentinel put (earlier ones may be in history)
+                    seen = True  # this watch's own sentinel put (earlier ones may be in history)
                     break
-            if done:
+            if seen and not unanswered:
                 break
     finally:
         requests.put(None)
         call_.cancel()
-    return out
+    # answers for different watch ids come in any order (etcd cancels compacted watchers from
+    # a background loop); those for one id keep theirs
+    return sorted(control, key=lambda c: c[1]), events
 
 
 class Generator:
@@ -151,14 +171,14 @@ class Generator:
         r = self.r
         req = rpc_pb2.RangeRequest(key=key, range_end=end)
         if r.random() < 0.3:
-            req.limit = r.randrange(1, 4)
+            req.limit = r.randrange(1, 4) if r.random() < 0.9 else 2**63 - 1
         if r.random() < 0.3:
             req.revision = self.past()
         req.keys_only = r.random() < 0.15
         req.count_only = r.random() < 0.1
         if r.random() < 0.3:
-            req.sort_order = r.randrange(3)
-            req.sort_target = r.randrange(5)
+            req.sort_order = r.randrange(3) if r.random() < 0.9 else r.randrange(3, 8)  # unknown: no sort
+            req.sort_target = r.randrange(5)  # (an unknown target crashes etcd 3.4)
         if r.random() < 0.15:
             setattr(req, r.choice(["min_mod_revision", "max_mod_revision", "min_create_revision",
                                    "max_create_revision"]), self.past())
@@ -175,7 +195,15 @@ class Generator:
             c.key, c.range_end = self.span()
             if not c.range_end:
                 c.range_end = c.key + b"\0"
-        field = ["version", "create_revision", "mod_revision", "value", "lease"][c.target]
+        fields = ["version", "create_revision", "mod_revision", "value", "lease"]
+        field = fields[c.target]
+        if r.random() < 0.05:  # unknown target (compares as equal) or result (holds)
+            if r.random() < 0.5:
+                c.target = r.randrange(5, 10)
+            else:
+                c.result = r.randrange(4, 10)
+        if r.random() < 0.02:
+            c.key = b""  # refused: key is not provided
         if r.random() < 0.1:  # a union that does not match the target: etcd compares with zero
             field = r.choice(["version", "mod_revision", "value"])
         if field == "value":
@@ -189,6 +217,8 @@ class Generator:
         return c
 
     def request_op(self, depth: int) -> rpc_pb2.RequestOp:
+        if self.r.random() < 0.01:
+            return rpc_pb2.RequestOp()  # empty: refused as "key not found"
         k = self.r.randrange(10 if depth < 2 else 9)
         if k < 3:
             return rpc_pb2.RequestOp(request_range=self.range())
@@ -204,6 +234,8 @@ class Generator:
 
     def txn(self, depth: int = 0) -> rpc_pb2.TxnRequest:
         r = self.r
+        if r.random() < 0.01:  # more than --max-txn-ops (128)
+            return rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=self.range())] * 129)
         return rpc_pb2.TxnRequest(compare=[self.compare() for _ in range(r.randrange(0, 3))],
                                   success=[self.request_op(depth) for _ in range(r.randrange(0, 4))],
                                   failure=[self.request_op(depth) for _ in range(r.randrange(0, 3))])
@@ -235,7 +267,8 @@ def test_same_answers_as_etcd(servers, seed):
             op = ("KV", "Compact", rpc_pb2.CompactionRequest(revision=g.r.randint(max(1, lo - 2), hi + 1)))
         elif r < 0.91:
             g.next_lease += 1
-            op = ("Lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(ID=g.next_lease, TTL=g.r.choice([30, 600])))  # no expiry in a run
+            ttl = g.r.choice([3600, 7200]) if g.r.random() < 0.95 else 9_000_000_001  # too large: refused
+            op = ("Lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(ID=g.next_lease, TTL=ttl))  # no expiry in a run
         elif r < 0.93 and g.leases:
             op = ("Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=g.r.choice(g.leases + [1])))
         elif r < 0.95 and g.leases:
@@ -243,14 +276,24 @@ def test_same_answers_as_etcd(servers, seed):
         else:  # a watcher on the whole prefix from a past revision, read up to a sentinel put
             create = rpc_pb2.WatchCreateRequest(key=g.prefix, range_end=g.prefix[:-1] + b"0",
                                                 start_revision=g.past(), prev_kv=g.r.random() < 0.5)
+            extra, half_close = [], g.r.random() < 0.2
+            shape = g.r.random()
+            if shape < 0.15:  # a second create with the same explicit id: refused with id -1
+                create.watch_id = g.r.randrange(1, 100)
+                extra.append(rpc_pb2.WatchCreateRequest(key=g.key(), watch_id=create.watch_id))
+            elif shape < 0.25:  # an empty range: refused with id -1
+                b_, a_ = sorted([g.key(), g.key()])
+                extra.append(rpc_pb2.WatchCreateRequest(key=a_, range_end=b_))
+            elif shape < 0.3:  # a negative start revision: cancelled as compacted
+                create.start_revision = -g.r.randrange(1, 10)
             run_both(servers, "KV", "Put", rpc_pb2.PutRequest(key=sentinel, value=b"%d" % step))
-            a = watch(servers["etcd"], create, (sentinel, b"%d" % step))
-            b = watch(servers["shim"], create, (sentinel, b"%d" % step))
+            a = watch(servers["etcd"], create, (sentinel, b"%d" % step), extra, half_close)
+            b = watch(servers["shim"], create, (sentinel, b"%d" % step), extra, half_close)
             if create.start_revision in g.compactions:
                 # etcd drops the deletes of the compact revision itself in the background, so a
                 # watch from exactly there sees them or not depending on timing; the shim keeps them
-                a, b = ([e for e in x if not (isinstance(e, dict) and e.get("type") == "DELETE"
-                                              and int(e["kv"]["mod_revision"]) == create.start_revision)]
+                a, b = ((x[0], [e for e in x[1] if not (e.get("type") == "DELETE"
+                                                        and int(e["kv"]["mod_revision"]) == create.start_revision)])
                         for x in (a, b))
             log.append(("Watch", create.start_revision))
             assert a == b, f"seed {seed} step {step}: watch from {create.start_revision}\n etcd {a}\n shim {b}"

@@ -1,9 +1,10 @@
 """Every query the shim's API issues is served by an index on a log of 100,000 rows.
 
-The tables are filled with 50,000 keys (two versions each, Kubernetes-like names) in a
-fresh database of the session PostgreSQL, ANALYZEd, and each statement is EXPLAINed with
-realistic values: no sequential scan of ``log`` or ``kv`` anywhere (the way Kine's LIKE
-prefix queries degrade on big tables)."""
+The tables are filled with 50,000 keys (two versions each, Kubernetes-like names) and 200
+keys of 3,000 bytes (longer than the indexed head of 1,024 bytes) in a fresh database of the
+session PostgreSQL, ANALYZEd, and each statement is EXPLAINed with realistic values: no
+sequential scan of ``log`` or ``kv`` anywhere (the way Kine's LIKE prefix queries degrade on
+big tables)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from k8s_sql.shim.storage import apply, queries
 from k8s_sql.shim.storage.schema import migrate
 
 KEYS = 50_000
+LONG_KEYS = 200
+#: 3,000 bytes that do not compress (so the keys really are longer than a btree entry may be).
+LONG = bytes((i * 7919 + i // 256) % 256 for i in range(3000))
+LONG_SQL = "'\\x" + LONG.hex() + "'::bytea"
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +45,14 @@ def big_db(pg):
             SELECT {KEYS} + i + 1, 0, convert_to('/registry/pods/ns-' || (i % 500) || '/pod-' || i, 'UTF8'),
                    convert_to(repeat('y', 200), 'UTF8'), i + 1, 2, CASE WHEN i % 10 = 0 THEN i ELSE 0 END, false, i + 1
             FROM generate_series(1, {KEYS}) i""")
+        conn.execute(f"""
+            INSERT INTO log (revision, sub, key, value, create_revision, version, lease, deleted, prev_revision)
+            SELECT 2 * {KEYS} + i + 1, 0, convert_to('/registry/long/', 'UTF8') || {LONG_SQL} || int4send(i),
+                   convert_to('v', 'UTF8'), 2 * {KEYS} + i + 1, 1, 0, false, NULL
+            FROM generate_series(1, {LONG_KEYS}) i""")
         conn.execute("INSERT INTO kv SELECT DISTINCT ON (key) key, value, create_revision, revision, version, lease "
                      "FROM log ORDER BY key, revision DESC")
-        conn.execute(f"UPDATE meta SET revision = {2 * KEYS + 1}")
+        conn.execute(f"UPDATE meta SET revision = {2 * KEYS + LONG_KEYS + 1}")
         conn.execute("INSERT INTO lease SELECT i, 60, now() + interval '60 s' FROM generate_series(1, 1000) i")
         conn.execute("ANALYZE")
     return dsn
@@ -68,6 +78,7 @@ def plan(dsn: str, sql: str, params: dict) -> list[str]:
 
 
 NS = b"/registry/pods/ns-7/"
+LONG_NS = b"/registry/long/"
 P = {"key": NS, "end": NS[:-1] + b"0", "rev": KEYS + 10, "after": KEYS * 2 - 50, "after_sub": 2**31 - 1,
      "upto": 2**62, "lease": 40, "id": 40, "value": b"v", "iv": False, "il": False, "sub": 0}
 
@@ -86,9 +97,16 @@ STATEMENTS = {
     "delete a lease's keys": (apply._delete_sql("lease = %(lease)s", False), dict(P, rev=2 * KEYS + 2)),
     "lease lookup": ("SELECT 1 FROM lease WHERE id = %(id)s", P),
     "expired leases": ("SELECT id FROM lease WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT 100", P),
-    "compaction": ("DELETE FROM log l USING log n WHERE n.revision > %(after)s AND n.revision <= %(rev)s "
-                   "AND n.prev_revision IS NOT NULL AND l.key = n.key AND l.revision = n.prev_revision",
-                   dict(P, after=KEYS, rev=KEYS + 1000)),
+    "range one long key": (queries.range_with_meta(b"", False, False, 0, False, True),
+                           dict(P, key=LONG_NS + LONG + (7).to_bytes(4, "big"))),
+    "range between long keys": (queries.range_with_meta(b"x", False, False, 501, True, True),
+                                dict(P, key=LONG_NS + LONG + (7).to_bytes(4, "big"),
+                                     end=LONG_NS + LONG + (30).to_bytes(4, "big"))),
+    "range of long keys at a revision": (queries.range_with_meta(b"x", True, False, 501, True, True),
+                                         dict(P, key=LONG_NS + LONG, end=LONG_NS + LONG + b"\xff", rev=2 * KEYS + 50)),
+    "put of a long key": (apply._PUT, dict(P, key=LONG_NS + LONG + (7).to_bytes(4, "big"), rev=2 * KEYS + 300)),
+    "compaction": (apply.COMPACT_SUPERSEDED, dict(P, rev=KEYS + 1000, **{"from": KEYS})),
+    "compaction's tombstones": (apply.COMPACT_TOMBSTONES, dict(P, rev=KEYS + 1000, **{"from": KEYS})),
 }
 
 

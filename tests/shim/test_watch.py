@@ -6,53 +6,12 @@ compacted start revisions. All through gRPC with mTLS against a real shim proces
 from __future__ import annotations
 
 import queue
-import threading
 import uuid
 
-import grpc
 import pytest
 
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
-
-
-class WatchStream:
-    """A bidirectional Watch stream driven from the test thread."""
-
-    def __init__(self, channel: grpc.Channel):
-        self.requests: queue.Queue = queue.Queue()
-        self.responses: queue.Queue = queue.Queue()
-        self.call = rpc_pb2_grpc.WatchStub(channel).Watch(iter(self.requests.get, None))
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        try:
-            for r in self.call:
-                self.responses.put(r)
-        except grpc.RpcError:
-            pass
-
-    def send(self, **kw) -> None:
-        self.requests.put(rpc_pb2.WatchRequest(**kw))
-
-    def create(self, key: bytes, **kw) -> rpc_pb2.WatchResponse:
-        self.send(create_request=rpc_pb2.WatchCreateRequest(key=key, **kw))
-        r = self.next()
-        assert r.created
-        return r
-
-    def next(self, timeout: float = 10.0) -> rpc_pb2.WatchResponse:
-        return self.responses.get(timeout=timeout)
-
-    def events(self, n: int, timeout: float = 10.0) -> list:
-        out = []
-        while len(out) < n:
-            r = self.next(timeout)
-            out += [(r.watch_id, e) for e in r.events]
-        return out
-
-    def close(self):
-        self.requests.put(None)
-        self.call.cancel()
+from streams import WatchStream
 
 
 @pytest.fixture

@@ -22,19 +22,21 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.shim import metrics
+from k8s_sql.shim.api.auth import AuthServicer
 from k8s_sql.shim.api.kv import KVServicer
 from k8s_sql.shim.api.lease import LeaseServicer
 from k8s_sql.shim.api.maintenance import ClusterServicer, MaintenanceServicer
 from k8s_sql.shim.api.watch import WatchServicer
 from k8s_sql.shim.etcdpb import rpc_pb2_grpc
-from k8s_sql.shim.settings import ShimSettings
+from k8s_sql.shim.settings import GRPC_OVERHEAD_BYTES, ShimSettings
 from k8s_sql.shim.storage.base import CompactedError, UnavailableError
 from k8s_sql.shim.storage.postgres import PostgresBackend
 
 log = logging.getLogger("k8s_sql.shim")
 
-#: etcd's --max-request-bytes (1.5 MiB) plus gRPC's overhead allowance, in bytes.
-MAX_RECV_BYTES = 1572864 + 512 * 1024
+#: etcd's gRPC send limit (math.MaxInt32). Its receive limit is --max-request-bytes plus
+#: GRPC_OVERHEAD_BYTES; the size check itself is etcd's, on the request (api/validation.py).
+MAX_SEND_BYTES = 2**31 - 1
 _WORKER_ENV = "K8S_SQL_SHIM_WORKER_SETTINGS"
 
 
@@ -95,7 +97,8 @@ class Shim:
         """
         s = self.settings
         await self.backend.open(timeout=s.datastore_timeout)
-        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", MAX_RECV_BYTES),
+        options = [("grpc.max_send_message_length", MAX_SEND_BYTES),
+                   ("grpc.max_receive_message_length", s.max_request_bytes + GRPC_OVERHEAD_BYTES),
                    ("grpc.so_reuseport", 1 if self.reuse_port else 0),
                    ("grpc.keepalive_permit_without_calls", 1),
                    ("grpc.http2.min_ping_interval_without_data_ms", 5000)]
@@ -105,6 +108,7 @@ class Shim:
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseServicer(self.backend, s), self.server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(self.backend, s), self.server)
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.backend, s), self.server)
+        rpc_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self.backend, s), self.server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         bind(self.server, s)

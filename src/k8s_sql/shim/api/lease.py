@@ -4,32 +4,33 @@ shared by every shim on the database."""
 
 from __future__ import annotations
 
-from k8s_sql.shim.api import convert
-from k8s_sql.shim.api.kv import abort
+from k8s_sql.shim.api import validation
+from k8s_sql.shim.api.errors import abort, unary
+from k8s_sql.shim.api.header import Headers
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 
 
 class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
-    """etcd API v3 Lease backed by the storage backend's lease table."""
+    """etcd API v3 Lease backed by the storage backend's lease table.
+
+    Args: as :class:`k8s_sql.shim.api.kv.KVServicer`.
+    """
 
     def __init__(self, backend, settings):
         self.backend = backend
-        self.header = convert.Headers(settings)
+        self.header = Headers(settings)
+        self.limits = validation.Limits.of(settings)
 
+    @unary
     async def LeaseGrant(self, request, context):
-        try:
-            lease_id, ttl, revision = await self.backend.lease_grant(request.TTL, request.ID)
-        except ValueError:
-            await abort(context, convert.RequestError(convert.ERR_TTL_TOO_LARGE))
-        except Exception as e:
-            await abort(context, e)
+        self.limits.check_size(validation.LEASE_GRANT, request)
+        lease_id, ttl, revision = await self.backend.lease_grant(request.TTL, request.ID)
         return rpc_pb2.LeaseGrantResponse(header=self.header(revision), ID=lease_id, TTL=ttl)
 
+    @unary
     async def LeaseRevoke(self, request, context):
-        try:
-            revision = await self.backend.lease_revoke(request.ID)
-        except Exception as e:
-            await abort(context, e)
+        self.limits.check_size(validation.LEASE_REVOKE, request)
+        revision = await self.backend.lease_revoke(request.ID)
         return rpc_pb2.LeaseRevokeResponse(header=self.header(revision))
 
     async def LeaseKeepAlive(self, request_iterator, context):
@@ -41,18 +42,14 @@ class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
                 await abort(context, e)
             yield rpc_pb2.LeaseKeepAliveResponse(header=self.header(revision), ID=req.ID, TTL=ttl)
 
+    @unary
     async def LeaseTimeToLive(self, request, context):
-        try:
-            ttl, granted, keys, revision = await self.backend.lease_time_to_live(request.ID, request.keys)
-        except Exception as e:
-            await abort(context, e)
+        ttl, granted, keys, revision = await self.backend.lease_time_to_live(request.ID, request.keys)
         return rpc_pb2.LeaseTimeToLiveResponse(header=self.header(revision), ID=request.ID, TTL=ttl,
                                                grantedTTL=granted, keys=keys)
 
+    @unary
     async def LeaseLeases(self, request, context):
-        try:
-            ids, revision = await self.backend.leases()
-        except Exception as e:
-            await abort(context, e)
+        ids, revision = await self.backend.leases()
         return rpc_pb2.LeaseLeasesResponse(header=self.header(revision),
                                            leases=[rpc_pb2.LeaseStatus(ID=i) for i in ids])

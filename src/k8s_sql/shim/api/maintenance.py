@@ -18,8 +18,26 @@ Maintenance
     equivalent for PostgreSQL is (auto)vacuum, which the server already runs. A VACUUM FULL
     from here would lock the tables and stall kube-apiserver, the opposite of what the
     operator wants from "defrag".
-  - ``Hash``, ``HashKV``, ``Snapshot``: UNIMPLEMENTED. They compare or copy the bbolt
-    file; with PostgreSQL, back up with pg_dump/pg_basebackup and compare with SQL.
+  - ``HashKV``: etcd's definition (mvcc ``HashByRev``): a CRC-32C (Castagnoli) over the
+    bucket name ``key``, then the key and value of each version etcd would hash, as etcd
+    stores them in its ``key`` bucket: key = 8-byte big-endian revision, ``_``, 8-byte
+    big-endian sub revision, plus ``t`` for a delete; value = the marshalled
+    ``mvccpb.KeyValue`` (for a delete, only its key). Which versions: see
+    :meth:`~k8s_sql.shim.storage.base.Backend.hash_kv_events`. For the same history it
+    equals etcd 3.4's HashKV (tests/shim/test_hashkv.py compares them), so shims on one
+    database, and a shim and an etcd fed the same requests, can be checked against each
+    other. ``compact_revision`` is -1 before the first compaction, as etcd says;
+    ``hash_revision`` (an etcd 3.6 field) is the revision hashed up to. Errors as etcd:
+    OUT_OF_RANGE "compacted" for 0 < revision <= compact revision, "future revision" above
+    the current one.
+  - ``Hash``: etcd hashes its whole bbolt file (every bucket: keys, leases, members, auth,
+    meta), which the shim does not have, so the number can never equal etcd's. The shim's
+    Hash is the same CRC-32C over what it stores in etcd's terms, in etcd's bucket order:
+    bucket ``key`` with every stored version (the whole history since the last
+    compaction), then bucket ``lease`` with each lease (8-byte big-endian ID, marshalled
+    ``leasepb.Lease{ID, TTL}``). Compare it between shims on one database, not with etcd.
+  - ``Snapshot``: UNIMPLEMENTED: back up the PostgreSQL database with pg_dump or
+    pg_basebackup.
   - ``MoveLeader``: OK when the target is this member (it already leads), otherwise
     FAILED_PRECONDITION ``etcdserver: bad leader transferee`` as etcd says for a
     non-member. (etcd 3.5's ``Downgrade`` is not in the 3.4 proto the shim serves.)
@@ -39,12 +57,16 @@ Cluster
 
 from __future__ import annotations
 
+import struct
+
+import google_crc32c
 import grpc
 
-from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
-
-#: raft term reported in Status and headers: fixed, as the shim never holds an election.
-RAFT_TERM = 1
+from k8s_sql.shim.api import convert
+from k8s_sql.shim.api.errors import unary
+from k8s_sql.shim.api.header import RAFT_TERM
+from k8s_sql.shim.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from k8s_sql.shim.storage.base import Event
 
 
 class _Base:
@@ -60,11 +82,58 @@ class _Base:
         return rpc_pb2.ResponseHeader(cluster_id=self.settings.cluster_id, member_id=self.settings.member_id,
                                       revision=await self.backend.current_revision(), raft_term=RAFT_TERM)
 
+    def header_at(self, revision: int) -> rpc_pb2.ResponseHeader:
+        """etcd's ResponseHeader for store revision ``revision``."""
+        return rpc_pb2.ResponseHeader(cluster_id=self.settings.cluster_id, member_id=self.settings.member_id,
+                                      revision=revision, raft_term=RAFT_TERM)
+
     def member(self) -> rpc_pb2.Member:
         """This shim as an etcd Member (no peer URLs, never a learner)."""
         urls = [u for u in self.settings.listen_client_urls]
         return rpc_pb2.Member(ID=self.settings.member_id, name=self.settings.name, peerURLs=[], clientURLs=urls,
                               isLearner=False)
+
+
+class BucketHash:
+    """CRC-32C (Castagnoli) fed as etcd's HashByRev and backend Hash feed theirs: a bucket's
+    name, then each key and value of the bucket in key order. ``value`` is the uint32."""
+
+    def __init__(self):
+        self.value = 0
+
+    def write(self, data: bytes) -> None:
+        self.value = google_crc32c.extend(self.value, data)
+
+    def key_bucket(self, events: list[Event]) -> None:
+        """Hash versions as the entries of etcd's ``key`` bucket (see :func:`key_bucket_entry`)."""
+        self.write(b"".join(b"".join(key_bucket_entry(ev)) for ev in events))
+
+
+def key_bucket_entry(ev: Event) -> tuple[bytes, bytes]:
+    """One version as etcd stores it in bbolt bucket ``key`` (etcd 3.4 mvcc revToBytes,
+    appendMarkTombstone, storeTxnWrite.put/delete): key = 8-byte big-endian revision, ``_``,
+    8-byte big-endian sub revision, ``t`` for a delete; value = marshalled mvccpb.KeyValue,
+    only the key for a delete."""
+    deleted = ev.kind == 1
+    key = struct.pack(">Q", ev.revision) + b"_" + struct.pack(">Q", ev.sub) + (b"t" if deleted else b"")
+    kv = kv_pb2.KeyValue(key=ev.kv.key) if deleted else convert.kv_pb(ev.kv)
+    return key, kv.SerializeToString()
+
+
+def lease_bucket_entry(lease_id: int, ttl: int) -> tuple[bytes, bytes]:
+    """One lease as etcd stores it in bbolt bucket ``lease``: 8-byte big-endian ID, and
+    leasepb.Lease{ID = 1, TTL = 2} marshalled (RemainingTTL = 3 is 0 without checkpoints)."""
+    value = b"".join(_varint_field(n, v) for n, v in ((1, lease_id), (2, ttl)) if v)
+    return struct.pack(">q", lease_id), value
+
+
+def _varint_field(number: int, value: int) -> bytes:
+    out, v = bytearray([number << 3]), value & 0xFFFFFFFFFFFFFFFF  # int64: two's complement, 10 bytes if < 0
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
 
 
 async def _unavailable(context, exc: Exception):
@@ -103,15 +172,24 @@ class MaintenanceServicer(_Base, rpc_pb2_grpc.MaintenanceServicer):
         # PostgreSQL's autovacuum does the job of etcd's defrag; see the module docstring.
         return rpc_pb2.DefragmentResponse(header=await self.header())
 
+    @unary
     async def Hash(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "Hash is not supported by the k8s-sql shim: there is no bbolt file to hash; "
-                            "the data is in PostgreSQL")
+        h = BucketHash()
+        h.write(b"key")
+        revision, leases = await self.backend.stored_state(h.key_bucket)
+        h.write(b"lease")
+        for lease_id, ttl in leases:
+            h.write(b"".join(lease_bucket_entry(lease_id, ttl)))
+        return rpc_pb2.HashResponse(header=self.header_at(revision), hash=h.value)
 
+    @unary
     async def HashKV(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "HashKV is not supported by the k8s-sql shim: a single member has no replica to "
-                            "compare with; the data is in PostgreSQL")
+        h = BucketHash()
+        h.write(b"key")
+        scan = await self.backend.hash_kv_events(request.revision, h.key_bucket)
+        return rpc_pb2.HashKVResponse(header=self.header_at(scan.revision), hash=h.value,
+                                      compact_revision=scan.compact_revision or -1,
+                                      hash_revision=scan.hash_revision)
 
     async def Snapshot(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,

@@ -3,13 +3,21 @@
 Per stream (etcd 3.5 semantics, api/v3rpc/watch.go):
 - create: answered with ``created`` and the header revision; ``start_revision`` 0 means
   "after the current revision"; an older one replays history from the log first; a
-  compacted one is cancelled with ``compact_revision``; ``watch_id`` 0 lets the server choose.
+  compacted one is cancelled with ``compact_revision`` (a negative one too, as etcd does:
+  ``compact_revision`` -1 when nothing was compacted yet); ``watch_id`` 0 lets the server
+  choose. A create etcd refuses is answered with ``watch_id`` -1, ``created`` and
+  ``canceled``, and its ``cancel_reason``: :data:`ERR_EMPTY_RANGE` (range end <= key) or
+  :data:`ERR_DUPLICATE_ID` (an explicit ``watch_id`` already in use on the stream).
 - cancel: answered with ``canceled`` (nothing for an unknown id, as etcd).
 - progress_request: answered with ``watch_id`` -1 and a header revision R once every
   watcher of the stream is synced, meaning every event up to R has been sent.
 - ``progress_notify`` watchers get an empty response every
   ``--watch-progress-notify-interval`` when they received no event in that interval.
-Events reach the client in revision order, each exactly once.
+Events reach the client in revision order, each exactly once. Watchers created with
+``fragment`` get responses of ``--max-request-bytes`` plus 512 KiB or more split as etcd's
+sendFragments does.
+The stream lives until the client cancels it: after the client half-closes its side
+(no more requests) events keep coming, as in etcd.
 """
 
 from __future__ import annotations
@@ -18,23 +26,21 @@ import asyncio
 import logging
 
 from k8s_sql.shim import metrics
-from k8s_sql.shim.api import convert
-from k8s_sql.shim.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
-from k8s_sql.shim.storage.base import CompactedError, Event
+from k8s_sql.shim.api.convert import event_pb, field_size
+from k8s_sql.shim.api.header import Headers
+from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
+from k8s_sql.shim.settings import GRPC_OVERHEAD_BYTES
+from k8s_sql.shim.storage.base import FROM_KEY, CompactedError, Event
 
 log = logging.getLogger(__name__)
 
-#: etcd's default --max-request-bytes; a fragmenting watcher splits responses above it.
-MAX_RESPONSE_BYTES = 1572864
-#: etcd's -1 watch id: a progress response for every watcher of the stream.
-ALL_WATCHERS = -1
-
-
-def event_pb(e: Event) -> kv_pb2.Event:
-    out = kv_pb2.Event(type=e.kind, kv=convert.kv_pb(e.kv))
-    if e.prev_kv is not None:
-        out.prev_kv.CopyFrom(convert.kv_pb(e.prev_kv))
-    return out
+#: etcd's -1 watch id (clientv3.InvalidWatchID): a progress response for every watcher of
+#: the stream, or a create that was refused.
+INVALID_WATCH_ID = -1
+#: etcd's cancel reasons (mvcc/watcher.go).
+ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
+ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
+_EVENTS_FIELD = rpc_pb2.WatchResponse.DESCRIPTOR.fields_by_name["events"].number
 
 
 class _Watcher:
@@ -43,7 +49,7 @@ class _Watcher:
     def __init__(self, stream: "_Stream", watch_id: int, req: rpc_pb2.WatchCreateRequest, start: int):
         self.stream = stream
         self.id = watch_id
-        self.key = req.key or b"\0"  # etcd: an empty key watches from the smallest key
+        self.key = req.key or b"\0"  # etcd: an empty key watches from the smallest key (b"\0")
         self.range_end = req.range_end
         self.start = start
         self.prev_kv = req.prev_kv
@@ -51,15 +57,19 @@ class _Watcher:
         self.progress_notify = req.progress_notify
         self.fragment = req.fragment
         self.active = True  # an event was sent since the last progress tick
+        self.retired = False  # cancelled by compaction: no more events, the id stays taken
 
     def deliver(self, events: list[Event], revision: int) -> None:
         self.active = True
         self.stream.send_events(self, events, revision)
 
     def compacted(self, compact_revision: int) -> None:
-        self.stream.drop(self)
+        # etcd stops the watcher but keeps its id on the stream until the client cancels it
+        self.retired = True
+        self.stream.hub.remove(self)
+        # 0 only reaches here for a negative start revision: etcd's "never compacted" is -1
         self.stream.out.put_nowait(rpc_pb2.WatchResponse(
-            header=self.stream.header(0), watch_id=self.id, canceled=True, compact_revision=compact_revision))
+            header=self.stream.header(0), watch_id=self.id, canceled=True, compact_revision=compact_revision or -1))
 
 
 class _Stream:
@@ -69,6 +79,7 @@ class _Stream:
         self.backend = servicer.backend
         self.hub = servicer.backend.hub
         self.header = servicer.header
+        self.fragment_bytes = servicer.fragment_bytes
         self.out: asyncio.Queue = asyncio.Queue()
         self.watchers: dict[int, _Watcher] = {}
         self.next_id = 0
@@ -80,22 +91,25 @@ class _Stream:
         t.add_done_callback(self.tasks.discard)
 
     def send_events(self, w: _Watcher, events: list[Event], revision: int) -> None:
-        pbs = [event_pb(e) for e in events]
-        if w.fragment:
-            chunks, cur, size = [], [], 0
-            for ev in pbs:
-                n = ev.ByteSize()
-                if cur and size + n > MAX_RESPONSE_BYTES:
-                    chunks.append(cur)
-                    cur, size = [], 0
-                cur.append(ev)
-                size += n
-            chunks.append(cur)
-        else:
-            chunks = [pbs]
-        for i, chunk in enumerate(chunks):
-            self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(revision), watch_id=w.id, events=chunk,
-                                                      fragment=i < len(chunks) - 1))
+        resp = rpc_pb2.WatchResponse(header=self.header(revision), watch_id=w.id,
+                                     events=[event_pb(e) for e in events])
+        limit = self.fragment_bytes
+        if not w.fragment or len(resp.events) < 2 or resp.ByteSize() < limit:
+            self.out.put_nowait(resp)
+            return
+        # etcd sendFragments: add events while the response stays below the limit (at
+        # least one each); every part but the last has ``fragment`` set
+        base = rpc_pb2.WatchResponse(header=resp.header, watch_id=w.id, fragment=True).ByteSize()
+        part, size = [], base
+        for ev in resp.events:
+            n = field_size(_EVENTS_FIELD, ev.ByteSize())
+            if part and size + n >= limit:
+                self.out.put_nowait(rpc_pb2.WatchResponse(header=resp.header, watch_id=w.id, events=part,
+                                                          fragment=True))
+                part, size = [], base
+            part.append(ev)
+            size += n
+        self.out.put_nowait(rpc_pb2.WatchResponse(header=resp.header, watch_id=w.id, events=part))
 
     def drop(self, w: _Watcher) -> None:
         if self.watchers.pop(w.id, None) is not None:
@@ -109,15 +123,15 @@ class _Stream:
         except Exception:
             current = self.hub.position  # PostgreSQL is down: the hub's view is the best we have
         key = req.key or b"\0"
-        if req.range_end and req.range_end != b"\0" and key >= req.range_end:
-            self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(current), watch_id=-1, created=True,
-                                                      canceled=True, cancel_reason="mvcc: watcher range is empty"))
-            return
         watch_id = req.watch_id
-        if watch_id and watch_id in self.watchers:
-            self.out.put_nowait(rpc_pb2.WatchResponse(
-                header=self.header(current), watch_id=watch_id, created=True, canceled=True,
-                cancel_reason="mvcc: duplicate watch ID provided on the WatchStream"))
+        refused = None
+        if req.range_end and req.range_end != FROM_KEY and key >= req.range_end:
+            refused = ERR_EMPTY_RANGE
+        elif watch_id and watch_id in self.watchers:
+            refused = ERR_DUPLICATE_ID
+        if refused:
+            self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(current), watch_id=INVALID_WATCH_ID,
+                                                      created=True, canceled=True, cancel_reason=refused))
             return
         if not watch_id:
             while self.next_id in self.watchers:
@@ -166,16 +180,17 @@ class _Stream:
         except Exception:
             target = self.hub.position
         await self.hub.wait_for(target)
-        while not all(self.hub.is_synced(w) for w in self.watchers.values()):
+        while not all(w.retired or self.hub.is_synced(w) for w in self.watchers.values()):
             await asyncio.sleep(0.01)
-        self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(self.hub.position), watch_id=ALL_WATCHERS))
+        self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(self.hub.position),
+                                                  watch_id=INVALID_WATCH_ID))
 
     async def ticker(self, interval: float) -> None:
         """Progress notifications for watchers created with progress_notify."""
         while True:
             await asyncio.sleep(interval)
             for w in list(self.watchers.values()):
-                if w.progress_notify and self.hub.is_synced(w):
+                if w.progress_notify and not w.retired and self.hub.is_synced(w):
                     if not w.active:
                         self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(self.hub.position),
                                                                   watch_id=w.id))
@@ -193,8 +208,9 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
 
     def __init__(self, backend, settings):
         self.backend = backend
-        self.header = convert.Headers(settings)
+        self.header = Headers(settings)
         self.progress_interval = settings.watch_progress_notify_interval
+        self.fragment_bytes = settings.max_request_bytes + GRPC_OVERHEAD_BYTES  # etcd's, see sendFragments
 
     async def Watch(self, request_iterator, context):
         stream = _Stream(self)
@@ -202,6 +218,8 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
         done = object()
 
         async def read() -> None:
+            # the client's half-close ends this loop, not the stream: etcd keeps sending
+            # events until the call is cancelled; a broken stream (or a bug) ends the call
             try:
                 async for req in request_iterator:
                     which = req.WhichOneof("request_union")
@@ -211,7 +229,10 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
                         stream.cancel(req.cancel_request.watch_id)
                     elif which == "progress_request":
                         stream.spawn(stream.progress())
-            finally:
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("watch stream ends: %s", e)
                 stream.out.put_nowait(done)
 
         stream.spawn(read())

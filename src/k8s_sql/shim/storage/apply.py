@@ -19,8 +19,12 @@ from k8s_sql.shim.storage.base import (
     CompactedError, DeleteOp, DeleteResult, FutureRevisionError, KeyNotFoundError, KeyValue, LeaseNotFoundError,
     PutOp, PutResult, RangeOp, RangeResult, TxnOp, TxnResult)
 
-_PUT = """
-WITH p AS (SELECT key, value, create_revision, mod_revision, version, lease FROM kv WHERE key = %(key)s),
+#: kv's unique index (schema migration 3): the key's head and, for longer keys, its SHA-256.
+KV_KEY_INDEX = (f"({queries.key_head('key')}), (CASE WHEN octet_length(key) > {queries.KEY_HEAD_BYTES} "
+                "THEN sha256(key) ELSE ''::bytea END)")
+
+_PUT = f"""
+WITH p AS (SELECT key, value, create_revision, mod_revision, version, lease FROM kv WHERE {queries.key_predicate(b"")}),
 n AS (SELECT CASE WHEN %(iv)s THEN p.value ELSE %(value)s::bytea END AS value,
              COALESCE(p.create_revision, %(rev)s::bigint) AS create_revision,
              COALESCE(p.version, 0) + 1 AS version,
@@ -31,10 +35,18 @@ l AS (INSERT INTO log (revision, sub, key, value, create_revision, version, leas
       SELECT %(rev)s, %(sub)s, %(key)s, value, create_revision, version, lease, false, prev_revision FROM n),
 u AS (INSERT INTO kv (key, value, create_revision, mod_revision, version, lease)
       SELECT %(key)s, value, create_revision, %(rev)s, version, lease FROM n
-      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, mod_revision = EXCLUDED.mod_revision,
+      ON CONFLICT ({KV_KEY_INDEX}) DO UPDATE SET value = EXCLUDED.value, mod_revision = EXCLUDED.mod_revision,
           version = EXCLUDED.version, lease = EXCLUDED.lease)
 SELECT key, value, create_revision, mod_revision, version, lease FROM p
 """
+
+
+#: Compaction, step 1: delete each version that a version in (%(from)s, %(rev)s] superseded.
+COMPACT_SUPERSEDED = (
+    "DELETE FROM log l USING log n WHERE n.revision > %(from)s AND n.revision <= %(rev)s "
+    f"AND n.prev_revision IS NOT NULL AND l.revision = n.prev_revision AND {queries.same_key('l.key', 'n.key')}")
+#: Compaction, step 2: delete the tombstones below %(rev)s.
+COMPACT_TOMBSTONES = "DELETE FROM log WHERE deleted AND revision >= %(from)s AND revision < %(rev)s"
 
 
 def _delete_sql(predicate: str, returning: bool) -> str:
@@ -113,8 +125,7 @@ class Applier:
         ``op.revision`` is 0. Revision checks are the caller's (see :meth:`check_range`)."""
         historical = op.revision > 0
         params = {"key": op.key, "end": op.range_end, "rev": op.revision}
-        full = mvcc.needs_full_scan(op)
-        sql_limit = op.limit + 1 if op.limit > 0 and not full else 0
+        sql_limit = mvcc.sql_limit(op)
         if op.count_only:
             count = (await self._rows(queries.count_rows(op.range_end, historical), params))[0][0]
             return RangeResult(self.view_revision, [], False, count)
@@ -264,11 +275,8 @@ class Applier:
             raise FutureRevisionError()
         params = {"from": self.compact_revision, "rev": revision}
         # each version <= rev supersedes its predecessor (prev_revision): delete those
-        await self.conn.execute(
-            "DELETE FROM log l USING log n WHERE n.revision > %(from)s AND n.revision <= %(rev)s "
-            "AND n.prev_revision IS NOT NULL AND l.key = n.key AND l.revision = n.prev_revision", params)
-        await self.conn.execute(
-            "DELETE FROM log WHERE deleted AND revision >= %(from)s AND revision < %(rev)s", params)
+        await self.conn.execute(COMPACT_SUPERSEDED, params)
+        await self.conn.execute(COMPACT_TOMBSTONES, params)
         await self.conn.execute("UPDATE meta SET compact_revision = %(rev)s", params)
         self.compact_revision = revision
 

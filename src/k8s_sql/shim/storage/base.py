@@ -7,6 +7,7 @@ new revision; read-only requests and deletes that delete nothing get none.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -67,10 +68,24 @@ class LeaseExistsError(StorageError):
 
 
 class KeyNotFoundError(StorageError):
-    """Put with ignore_value/ignore_lease on a key that does not exist (etcd ErrKeyNotFound)."""
+    """Put with ignore_value/ignore_lease on a key that does not exist (etcd ErrKeyNotFound,
+    gRPC INVALID_ARGUMENT)."""
 
     def __init__(self):
         super().__init__("key not found")
+
+
+class LeaseTTLTooLargeError(StorageError):
+    """LeaseGrant with a TTL above etcd's lease.MaxLeaseTTL (etcd ErrLeaseTTLTooLarge, gRPC OUT_OF_RANGE)."""
+
+    def __init__(self):
+        super().__init__("too large lease TTL")
+
+
+class InternalError(StorageError):
+    """One request failed for a reason of its own that etcd has no error for: a SQL error
+    specific to it, or a bug in its handling. Only that request fails (gRPC UNKNOWN, as etcd
+    answers errors it has no code for); the datastore is fine, so it is not UNAVAILABLE."""
 
 
 class Backend(ABC):
@@ -96,11 +111,57 @@ class Backend(ABC):
     async def ping(self) -> None:
         """Round trip to the database; raises when it is unreachable."""
 
+    @abstractmethod
+    async def hash_kv_events(self, revision: int, consume: Callable[[list[Event]], None]) -> HashKVScan:
+        """Feed ``consume`` the versions etcd's ``HashByRev(revision)`` hashes (etcd 3.4
+        mvcc/kvstore.go), in batches, in revision then sub order, from one snapshot.
+
+        The versions are: every one with compact revision < revision <= ``revision`` (deletes
+        included); of those at or below the compact revision, the ones still current at
+        ``revision``, or, when no key is live at ``revision`` (etcd's keep set is empty), each
+        key's version that was live at the compact revision (what etcd hashes once its
+        background compaction has finished; before, it hashes more). ``revision`` 0 means
+        the current revision, a negative one selects nothing (as in etcd). A delete's event
+        carries only its key.
+
+        Raises CompactedError (0 < ``revision`` <= compact revision: etcd refuses the compact
+        revision itself here), FutureRevisionError, UnavailableError (not retried, since
+        ``consume`` may have seen part of the versions).
+        """
+
+    @abstractmethod
+    async def stored_state(self, consume: Callable[[list[Event]], None]) -> tuple[int, list[tuple[int, int]]]:
+        """Feed ``consume`` every stored version (the whole history kept since the last
+        compaction, deletes included) like :meth:`hash_kv_events`, and return the store
+        revision and every granted lease as (id, TTL seconds) in id order, all from one
+        snapshot. Raises UnavailableError (not retried)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HashKVScan:
+    """Revisions of one :meth:`Backend.hash_kv_events` snapshot: the store ``revision``,
+    ``compact_revision`` (0 = never compacted) and ``hash_revision``, the revision the
+    versions were selected up to."""
+
+    revision: int
+    compact_revision: int
+    hash_revision: int
+
 
 # --- requests and results of the KV API (etcd API v3, rpc.proto), free of protobuf ---
 
-#: etcd's empty range end meaning "this key only"; b"\0" means "every key >= key".
+#: etcd's range end meaning "every key >= key" (an empty range end means "this key only").
 FROM_KEY = b"\0"
+
+
+def in_range(key: bytes, start: bytes, range_end: bytes) -> bool:
+    """True when ``key`` is in etcd's range (``start``, ``range_end``): ``range_end`` b"" =
+    ``start`` only, :data:`FROM_KEY` = every key >= ``start``, else [start, range_end)."""
+    if not range_end:
+        return key == start
+    if range_end == FROM_KEY:
+        return key >= start
+    return start <= key < range_end
 
 
 @dataclass(slots=True)
@@ -202,4 +263,6 @@ class TxnResult:
 
 
 class UnavailableError(StorageError):
-    """PostgreSQL could not be reached or failed mid-request (gRPC UNAVAILABLE)."""
+    """The datastore is unreachable or cannot take the request now (connection lost, server
+    shutting down or out of resources, a serialization failure): retry. gRPC UNAVAILABLE,
+    which clients retry; never used for a request's own failure."""

@@ -23,6 +23,15 @@ def needs_full_scan(op: RangeOp) -> bool:
                 or op.min_create_revision or op.max_create_revision)
 
 
+def sql_limit(op: RangeOp) -> int:
+    """Rows to read for ``op``: its limit plus one (to learn whether there are more), or 0
+    for all of them (no limit, a full scan, or a limit no range can reach: etcd takes any
+    int64, SQL's LIMIT stops at the largest bigint)."""
+    if op.limit <= 0 or op.limit >= 2**62 or needs_full_scan(op):
+        return 0
+    return op.limit + 1
+
+
 def skip_values(op: RangeOp) -> bool:
     """True when the values need not be read: keys_only, unless they are sorted by value
     first (etcd drops the values after sorting)."""
@@ -44,7 +53,8 @@ def finish_range(op: RangeOp, kvs: list[KeyValue]) -> tuple[list[KeyValue], bool
     order = op.sort_order
     if op.sort_target != KEY and order == NONE:
         order = ASCEND
-    if order != NONE:
+    if order in (ASCEND, DESCEND):  # etcd sorts for these two only (another order: key order)
+        # an unknown target crashes etcd 3.4 (a nil sorter); key order is the harmless answer
         attr = {KEY: "key", VERSION: "version", CREATE: "create_revision", MOD: "mod_revision",
                 VALUE: "value"}.get(op.sort_target, "key")
         # stable, like the insertion sort etcd's sort.Sort uses on short slices
@@ -61,15 +71,20 @@ def _cmp(a, b) -> int:
     return (a > b) - (a < b)
 
 
+_TARGET_FIELD = {CT_VERSION: "version", CT_CREATE: "create_revision", CT_MOD: "mod_revision", CT_LEASE: "lease"}
+
+
 def compare_kv(c: Compare, kv: KeyValue | None) -> bool:
-    """etcd compareKV: compare one kv (None = the key does not exist: zero values)."""
+    """etcd compareKV: compare one kv (None = the key does not exist: zero values). An
+    unknown target compares as equal and an unknown result holds, as in etcd."""
     operand = c.operand
     if c.target == CT_VALUE:
         result = _cmp(kv.value if kv else b"", operand if isinstance(operand, bytes) else b"")
-    else:
-        field = {CT_VERSION: "version", CT_CREATE: "create_revision", CT_MOD: "mod_revision",
-                 CT_LEASE: "lease"}[c.target]
+    elif c.target in _TARGET_FIELD:
+        field = _TARGET_FIELD[c.target]
         result = _cmp(getattr(kv, field) if kv else 0, operand if isinstance(operand, int) else 0)
+    else:
+        result = 0
     if c.result == C_EQUAL:
         return result == 0
     if c.result == C_NOT_EQUAL:

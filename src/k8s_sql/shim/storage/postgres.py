@@ -22,10 +22,12 @@ from k8s_sql.shim.storage import mvcc, queries
 from k8s_sql.shim.storage.apply import Applier, is_read_only
 from k8s_sql.shim.storage.base import (
     Backend, CompactedError, DeleteOp, DeleteResult, FutureRevisionError, LeaseExistsError, LeaseNotFoundError,
-    PutOp, PutResult, RangeOp, RangeResult, StorageError, TxnOp, TxnResult, UnavailableError)
+    InternalError, LeaseTTLTooLargeError, PutOp, PutResult, RangeOp, RangeResult, StorageError, TxnOp, TxnResult,
+    UnavailableError)
+from k8s_sql.shim.storage.base import Event, HashKVScan
 from k8s_sql.shim.storage.schema import migrate
 from k8s_sql.shim.storage.watchhub import WatchHub, cancel_tasks
-from k8s_sql.shim.storage.writer import Writer
+from k8s_sql.shim.storage.writer import Writer, datastore_failed, first_line
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,21 @@ MAX_LEASE_TTL = 9_000_000_000
 MIN_LEASE_TTL = 2
 
 
+async def _stream_events(conn, sql: str, params, consume: Callable[[list[Event]], None], batch: int = 1000) -> None:
+    """Run ``sql`` (rows of :data:`.queries.HASH_COLUMNS`) and pass its rows to ``consume``
+    as Events, ``batch`` at a time, without holding the whole result in memory."""
+    events: list[Event] = []
+    async for r in conn.cursor().stream(sql, params, size=batch):
+        events.append(Event(r[0], r[1], 1 if r[2] else 0, queries.kv_from_row(r, 3), None))
+        if len(events) >= batch:
+            consume(events)
+            events = []
+    if events:
+        consume(events)
+
+
 def _unavailable(e: BaseException) -> UnavailableError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return UnavailableError(f"datastore unavailable: {first}")
+    return UnavailableError(f"datastore unavailable: {first_line(e)}")
 
 
 class PostgresBackend(Backend):
@@ -94,21 +108,27 @@ class PostgresBackend(Backend):
         await self.writer.close()
         await self.pool.close()
 
-    async def _read(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def _read(self, fn: Callable[[Any], Awaitable[Any]], retry: bool = True) -> Any:
         """Run ``fn(conn)`` on a pooled connection; retry once when the connection was dead
-        (reads are idempotent); raise UnavailableError otherwise."""
-        for attempt in (1, 2):
+        (reads are idempotent; not with ``retry`` False, for reads whose rows a caller consumes
+        as they come). Raises UnavailableError when the datastore failed, and
+        InternalError when the read failed for a reason of its own (a SQL error or a bug)."""
+        for attempt in ((1, 2) if retry else (2,)):
             try:
                 async with self.pool.connection() as conn:
                     return await fn(conn)
             except StorageError:
                 raise
-            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-                if attempt == 2:
+            except Exception as e:
+                if not datastore_failed(e):
+                    if isinstance(e, psycopg.Error):
+                        log.warning("a read failed: %s", first_line(e))
+                    else:
+                        log.exception("a read failed (a bug in its handling)")
+                    raise InternalError(f"request failed: {type(e).__name__}: {first_line(e)}") from e
+                if attempt == 2 or not isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):
                     raise _unavailable(e) from e
-                continue  # the pool discards the broken connection on return
-            except (psycopg.Error, OSError) as e:
-                raise _unavailable(e) from e
+                # the pool discards the broken connection on return: try a fresh one
 
     async def _one(self, sql: str, params=None):
         async def q(conn):
@@ -137,6 +157,34 @@ class PostgresBackend(Backend):
                               "(SELECT count(*) FROM lease), revision, compact_revision FROM meta")
         return {"keys": row[0], "log_rows": row[1], "leases": row[2], "revision": row[3], "compact_revision": row[4]}
 
+    # --- consistency hashes (Maintenance.HashKV, Maintenance.Hash) ---
+
+    async def hash_kv_events(self, revision: int, consume: Callable[[list[Event]], None]) -> HashKVScan:
+        async def q(conn):
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                current, compact = await (await conn.execute("SELECT revision, compact_revision FROM meta")).fetchone()
+                if 0 < revision <= compact:
+                    raise CompactedError(compact)
+                if revision > current:
+                    raise FutureRevisionError()
+                params = {"rev": revision or current, "compact": compact}
+                live = queries.ANY_LIVE_NOW if params["rev"] == current else queries.ANY_LIVE_AT
+                any_live = (await (await conn.execute(live, params)).fetchone())[0]
+                await _stream_events(conn, queries.hash_kv_rows(any_live), params, consume)
+                return HashKVScan(current, compact, params["rev"])
+        return await self._read(q, retry=False)
+
+    async def stored_state(self, consume: Callable[[list[Event]], None]) -> tuple[int, list[tuple[int, int]]]:
+        async def q(conn):
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                current = (await (await conn.execute("SELECT revision FROM meta")).fetchone())[0]
+                await _stream_events(conn, queries.ALL_LOG_ROWS, None, consume)
+                leases = await (await conn.execute(queries.ALL_LEASES)).fetchall()
+                return current, [(lid, ttl) for lid, ttl in leases]
+        return await self._read(q, retry=False)
+
     # --- KV ---
 
     async def range(self, op: RangeOp) -> RangeResult:
@@ -145,8 +193,7 @@ class PostgresBackend(Backend):
         Raises CompactedError, FutureRevisionError, UnavailableError.
         """
         historical = op.revision > 0
-        full = mvcc.needs_full_scan(op)
-        sql_limit = op.limit + 1 if op.limit > 0 and not full else 0
+        sql_limit = mvcc.sql_limit(op)
         need_count = op.count_only or sql_limit > 0
         sql = queries.range_with_meta(op.range_end, historical, mvcc.skip_values(op), sql_limit, need_count,
                                       rows=not op.count_only)
@@ -209,10 +256,10 @@ class PostgresBackend(Backend):
         """Grant a lease of ``ttl`` seconds (at least :data:`MIN_LEASE_TTL`); ``lease_id`` 0 =
         choose one. Returns (id, ttl, header revision).
 
-        Raises LeaseExistsError, ValueError (ttl too large), UnavailableError.
+        Raises LeaseExistsError, LeaseTTLTooLargeError, UnavailableError.
         """
         if ttl > MAX_LEASE_TTL:
-            raise ValueError("too large lease TTL")
+            raise LeaseTTLTooLargeError()
         ttl = max(ttl, MIN_LEASE_TTL)
         for _ in range(5):
             lid = lease_id or random.randint(1, 2**63 - 1)

@@ -13,7 +13,11 @@ Tables (in the shim's own database):
            every shim process agrees). Keys name their lease in ``kv.lease``.
 
 Keys and values are ``bytea``: PostgreSQL compares bytea bytewise, as etcd orders keys, so
-ranges and prefixes are plain index range scans.
+ranges and prefixes are index range scans. etcd limits a key only by the request size
+(1.5 MiB); a btree entry holds at most about 2,700 bytes. So keys are indexed by their first
+:data:`.queries.KEY_HEAD_BYTES` bytes (the "head"; every Kubernetes key fits in it whole),
+which orders like the key itself, and the full key is rechecked (see :mod:`.queries`).
+``kv`` is unique on (head, SHA-256 of keys longer than the head).
 """
 
 from __future__ import annotations
@@ -65,6 +69,15 @@ MIGRATIONS: list[str] = [
     """
     DROP INDEX log_key_revision;
     CREATE UNIQUE INDEX log_key_revision_sub ON log (key, revision DESC, sub DESC);
+    """,
+    # 3: keys of any length etcd accepts: index the first 1024 bytes (queries.KEY_HEAD_BYTES)
+    # instead of the whole key, which a btree cannot hold beyond ~2,700 bytes.
+    """
+    ALTER TABLE kv DROP CONSTRAINT kv_pkey;
+    CREATE UNIQUE INDEX kv_key_head ON kv ((substring(key from 1 for 1024)),
+        (CASE WHEN octet_length(key) > 1024 THEN sha256(key) ELSE ''::bytea END));
+    DROP INDEX log_key_revision_sub;
+    CREATE INDEX log_key_head_revision_sub ON log ((substring(key from 1 for 1024)), revision DESC, sub DESC);
     """,
 ]
 

@@ -22,7 +22,7 @@ from typing import Protocol
 import psycopg
 
 from k8s_sql.shim.storage import queries
-from k8s_sql.shim.storage.base import CompactedError, Event, KeyValue
+from k8s_sql.shim.storage.base import CompactedError, Event, KeyValue, in_range
 from k8s_sql.shim.storage.writer import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,14 @@ async def cancel_tasks(tasks: list[asyncio.Task]) -> None:
             pass
 
 
-def in_range(key: bytes, start: bytes, range_end: bytes) -> bool:
-    """etcd's interval test for (key, range_end)."""
-    if not range_end:
-        return key == start
-    if range_end == b"\0":
-        return key >= start
-    return start <= key < range_end
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass. (Not asyncio.wait_for: on Python 3.11
+    it can swallow a cancellation that comes as the event is set, and the hub never stops.)"""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        pass
 
 
 def select(w: Watcher, events: list[Event]) -> list[Event]:
@@ -190,10 +191,7 @@ class WatchHub:
             if remaining <= 0:
                 return False
             self._advanced.clear()
-            try:
-                await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.1))
-            except asyncio.TimeoutError:
-                pass
+            await _wait(self._advanced, min(remaining, 0.1))
         return True
 
     # --- tailing ---
@@ -220,10 +218,7 @@ class WatchHub:
 
     async def _tail(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
-                pass
+            await _wait(self._wake, self.poll_interval)
             self._wake.clear()
             try:
                 await self._fetch()

@@ -6,8 +6,17 @@ batches of every other shim process on the database), applies the requests one a
 another, each at its own revision and seeing the effects of the ones before, writes the new
 revision, sends ``pg_notify`` (delivered to every shim's watch hub on commit) and commits
 once: one fsync for the whole batch. Answers go out only after the commit, so an
-acknowledged write is durable; if anything fails before the commit, every request of the
-batch fails with :class:`UnavailableError` and nothing of it is stored.
+acknowledged write is durable.
+
+A request fails alone. Requests check everything etcd refuses before they write, so a
+refused one (a StorageError such as a missing lease) leaves no trace and the batch goes on.
+Any other failure of a request — a SQL error of its own, or a bug in its handling — leaves
+the transaction unusable: it is rolled back and the batch runs again without that request,
+which is answered with :class:`InternalError` (etcd's UNKNOWN); the others commit as if it
+had not been there. After :data:`MAX_RERUNS` such reruns the batch runs with a savepoint
+around each request instead, so a batch full of failing requests costs at most that. Only
+when the datastore itself fails (see :func:`datastore_failed`) does the whole batch fail,
+with :class:`UnavailableError`, the code clients retry; nothing of the batch is stored then.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from typing import Any
 import psycopg
 
 from k8s_sql.shim.storage.apply import Applier
-from k8s_sql.shim.storage.base import StorageError, UnavailableError
+from k8s_sql.shim.storage.base import InternalError, StorageError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +37,53 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "k8s_sql_revision"
 #: Most requests one transaction carries.
 MAX_BATCH = 256
+#: Reruns of a batch without its failed requests before it runs with a savepoint per request.
+MAX_RERUNS = 2
+
+#: SQLSTATE classes that mean the datastore, not the request, failed: connection exception,
+#: transaction rollback (serialization failure, deadlock), insufficient resources (disk
+#: full, out of memory, too many connections), operator intervention (shutdown, statement
+#: timeout), system error (I/O).
+_DATASTORE_CLASSES = ("08", "40", "53", "57", "58")
+#: ... and single codes: read-only transaction (the server is a standby), lock timeout.
+_DATASTORE_CODES = ("25006", "55P03")
 
 Request = Callable[[Applier], Awaitable[Any]]
+
+
+def datastore_failed(e: BaseException, conn=None) -> bool:
+    """True when ``e`` means the datastore cannot serve now (retry later), False when it is
+    one request's own failure.
+
+    ``conn`` (a psycopg connection) counts as failed once it is broken. Errors without a
+    SQLSTATE are the datastore's when psycopg raises them as Operational/InterfaceError
+    (connection lost, pool timeout), a request's otherwise (e.g. a parameter it cannot send).
+    """
+    if conn is not None and conn.broken:
+        return True
+    if isinstance(e, OSError):
+        return True
+    if not isinstance(e, psycopg.Error):
+        return False
+    state = e.sqlstate
+    if state is None:
+        return isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError))
+    return state[:2] in _DATASTORE_CLASSES or state in _DATASTORE_CODES
+
+
+def first_line(e: BaseException) -> str:
+    """``e``'s message, first line only (PostgreSQL adds DETAIL/HINT lines), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class _Failed(Exception):
+    """Request ``index`` of the batch failed and left the transaction unusable; ``error`` is
+    its answer."""
+
+    def __init__(self, index: int, error: StorageError):
+        super().__init__(str(error))
+        self.index, self.error = index, error
 
 
 class Writer:
@@ -39,6 +93,9 @@ class Writer:
         pool: a psycopg_pool AsyncConnectionPool (autocommit connections).
         on_commit: called with the new store revision after each commit that changed it
             (the local watch hub uses it to skip the NOTIFY round trip).
+    Attributes:
+        batches, requests: committed batches and the requests they carried.
+        reruns: times a batch ran again without a failed request.
     """
 
     def __init__(self, pool, on_commit: Callable[[int], None] | None = None):
@@ -48,6 +105,7 @@ class Writer:
         self._task: asyncio.Task | None = None
         self.batches = 0
         self.requests = 0
+        self.reruns = 0
 
     def start(self) -> None:
         """Start the writer task in the running loop."""
@@ -69,7 +127,8 @@ class Writer:
     async def submit(self, request: Request) -> Any:
         """Run ``request(applier)`` in the next batch and return its result after the commit.
 
-        Raises the request's StorageError, or UnavailableError when the batch failed.
+        Raises the request's StorageError (InternalError for any other failure of its own),
+        or UnavailableError when the datastore failed.
         """
         fut = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((request, fut))
@@ -85,43 +144,30 @@ class Writer:
                 await self._apply(batch)
 
     async def _apply(self, batch) -> None:
-        results: list[tuple[asyncio.Future, bool, Any]] = []
+        failed: dict[int, StorageError] = {}  # batch index -> answer of a request left out
         try:
-            async with self.pool.connection() as conn:
-                async with conn.transaction():
-                    cur = await conn.execute("SELECT revision, compact_revision FROM meta FOR UPDATE", prepare=True)
-                    revision, compact = await cur.fetchone()
-                    start = revision
-                    for req, fut in batch:
-                        applier = Applier(conn, revision, compact)
-                        try:
-                            res = await req(applier)
-                        except StorageError as e:
-                            results.append((fut, False, e))
-                            continue
-                        if applier.changes:
-                            revision += 1
-                        compact = applier.compact_revision
-                        results.append((fut, True, res))
-                    if revision != start:
-                        # one round trip for both (a data-modifying CTE runs even when unreferenced)
-                        await conn.execute("WITH m AS (UPDATE meta SET revision = %s) SELECT pg_notify(%s, %s)",
-                                           (revision, NOTIFY_CHANNEL, str(revision)), prepare=True)
-        except (psycopg.Error, OSError) as e:
-            log.warning("write batch of %d failed: %s", len(batch), e)
-            err = UnavailableError(f"datastore unavailable: {str(e).strip().splitlines()[0] if str(e) else type(e).__name__}")
+            while True:
+                try:
+                    results, revision, start = await self._transaction(batch, failed, len(failed) >= MAX_RERUNS)
+                    break
+                except _Failed as f:
+                    failed[f.index] = f.error
+                    self.reruns += 1
+        except Exception as e:  # the datastore failed, or the batch's own statements did
+            if datastore_failed(e):
+                log.warning("write batch of %d failed: %s", len(batch), first_line(e))
+            else:
+                log.exception("write batch of %d failed", len(batch))
+            err = UnavailableError(f"datastore unavailable: {first_line(e)}")
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(err)
             return
-        except BaseException as e:  # a bug or cancellation: never leave callers hanging
+        except BaseException:  # cancelled: never leave callers hanging
             for _, fut in batch:
                 if not fut.done():
-                    fut.set_exception(e if isinstance(e, Exception) else UnavailableError("shim is shutting down"))
-            if not isinstance(e, Exception):
-                raise
-            log.exception("write batch failed")
-            return
+                    fut.set_exception(UnavailableError("shim is shutting down"))
+            raise
         self.batches += 1
         self.requests += len(batch)
         if revision != start and self.on_commit:
@@ -133,3 +179,67 @@ class Writer:
                 fut.set_result(res)
             else:
                 fut.set_exception(res)
+
+    async def _transaction(self, batch, failed: dict[int, StorageError], savepoints: bool) -> tuple[list, int, int]:
+        """Apply ``batch`` but the requests in ``failed`` in one transaction, each request in a
+        savepoint if ``savepoints``. Returns ([(future, ok, result or error)], revision after,
+        revision before). Raises _Failed (only without savepoints) or the datastore's error."""
+        results: list[tuple[asyncio.Future, bool, Any]] = []
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                cur = await conn.execute("SELECT revision, compact_revision FROM meta FOR UPDATE", prepare=True)
+                revision, compact = await cur.fetchone()
+                start = revision
+                for i, (req, fut) in enumerate(batch):
+                    if i in failed:
+                        results.append((fut, False, failed[i]))
+                        continue
+                    applier = Applier(conn, revision, compact)
+                    if savepoints:
+                        ok, res = await self._with_savepoint(conn, req, applier)
+                    else:
+                        ok, res = await self._direct(conn, i, req, applier)
+                    if ok:
+                        if applier.changes:
+                            revision += 1
+                        compact = applier.compact_revision
+                    results.append((fut, ok, res))
+                if revision != start:
+                    # one round trip for both (a data-modifying CTE runs even when unreferenced)
+                    await conn.execute("WITH m AS (UPDATE meta SET revision = %s) SELECT pg_notify(%s, %s)",
+                                       (revision, NOTIFY_CHANNEL, str(revision)), prepare=True)
+        return results, revision, start
+
+    @staticmethod
+    async def _direct(conn, index: int, req: Request, applier: Applier) -> tuple[bool, Any]:
+        try:
+            return True, await req(applier)
+        except StorageError as e:
+            if applier.changes:  # it wrote before failing: only a rollback undoes that
+                raise _Failed(index, e) from e
+            return False, e
+        except Exception as e:
+            if datastore_failed(e, conn):
+                raise
+            raise _Failed(index, _own_failure(e)) from e
+
+    @staticmethod
+    async def _with_savepoint(conn, req: Request, applier: Applier) -> tuple[bool, Any]:
+        try:
+            async with conn.transaction():  # a savepoint inside the batch's transaction
+                return True, await req(applier)
+        except StorageError as e:
+            return False, e
+        except Exception as e:
+            if datastore_failed(e, conn):
+                raise
+            return False, _own_failure(e)
+
+
+def _own_failure(e: Exception) -> InternalError:
+    """Log a request's own failure (with the traceback of a bug) and make its answer."""
+    if isinstance(e, psycopg.Error):
+        log.warning("a write request failed alone: %s", first_line(e))
+    else:
+        log.error("a write request failed alone (a bug in its handling)", exc_info=e)
+    return InternalError(f"request failed: {type(e).__name__}: {first_line(e)}")

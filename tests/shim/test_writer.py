@@ -1,0 +1,95 @@
+"""The group-commit writer isolates a request that fails in a way etcd has no answer for.
+
+Through the etcd API every request the shim knows to refuse is refused before it writes
+(test_isolation.py); what is left are failures nobody foresaw: a SQL error of one request or
+a bug in its handling. Such requests cannot be sent through gRPC, so here the writer of a
+real :class:`PostgresBackend` on a real PostgreSQL gets them directly, as request functions
+that first write and then fail (a division by zero in PostgreSQL, a Python KeyError) — the
+only stand-ins, for bugs. The innocent requests of their batches must commit, the failing
+ones fail alone with InternalError (gRPC UNKNOWN) and leave nothing behind; only a lost
+connection fails a whole batch, with UnavailableError (UNAVAILABLE, retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from k8s_sql.shim.storage.base import InternalError, PutOp, RangeOp, UnavailableError
+from k8s_sql.shim.storage.postgres import PostgresBackend
+
+
+def run(dsn: str, scenario):
+    async def main():
+        backend = PostgresBackend(dsn, lease_check_interval=3600)
+        await backend.open(timeout=30)
+        try:
+            return await scenario(backend)
+        finally:
+            await backend.close()
+    return asyncio.run(main())
+
+
+async def sql_error(a):
+    await a.put(PutOp(b"/bad/sql", b"written before the error"))
+    await a.conn.execute("SELECT 1 / 0")
+
+
+async def bug(a):
+    await a.put(PutOp(b"/bad/bug", b"written before the bug"))
+    return {}["missing"]
+
+
+async def lost_connection(a):
+    await a.conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+
+def test_a_failing_request_fails_alone(shim_db):
+    async def scenario(backend):
+        start = await backend.current_revision()
+        for wave in range(5):
+            calls = [backend.put(PutOp(b"/ok/%d-%d" % (wave, i), b"v")) for i in range(30)]
+            calls.insert(10, backend.writer.submit(sql_error))
+            calls.insert(20, backend.writer.submit(bug))
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            assert len(failed) == 2 and all(isinstance(e, InternalError) for e in failed), failed
+            assert "division by zero" in str(results[10]) and "KeyError" in str(results[20])
+        got = await backend.range(RangeOp(b"/", b"0"))
+        assert [kv.key for kv in got.kvs] == sorted(b"/ok/%d-%d" % (w, i) for w in range(5) for i in range(30))
+        assert got.revision == start + 150  # one revision per innocent put, none for the failed ones
+        assert backend.writer.reruns >= 10  # each batch ran again without its failed requests
+    run(shim_db, scenario)
+
+
+def test_only_a_lost_connection_fails_the_whole_batch(shim_db):
+    async def scenario(backend):
+        start = await backend.current_revision()
+        calls = [backend.put(PutOp(b"/gone/%d" % i, b"v")) for i in range(20)]
+        calls.insert(5, backend.writer.submit(lost_connection))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert isinstance(results[5], UnavailableError) and all(isinstance(e, UnavailableError) for e in errors)
+        # the writer goes on with fresh connections; nothing of the failed batch was stored
+        after = await backend.put(PutOp(b"/after", b"v"))
+        stored = await backend.range(RangeOp(b"/gone/", b"/gone0", count_only=True))
+        assert stored.count == len(results) - len(errors)
+        assert after.revision == start + stored.count + 1
+    run(shim_db, scenario)
+
+
+@pytest.mark.parametrize("sqlstate, datastore", [("08006", True), ("40001", True), ("53100", True), ("57014", True),
+                                                 ("25006", True), ("22012", False), ("54000", False),
+                                                 ("23505", False), ("XX000", False)])
+def test_which_errors_are_the_datastores(shim_db, sqlstate, datastore):
+    """PostgreSQL raises each SQLSTATE for real (RAISE ... USING ERRCODE); the writer calls
+    it the datastore's failure only for the connection, resource, shutdown and retry classes."""
+    import psycopg
+
+    from k8s_sql.shim.storage.writer import datastore_failed
+    with psycopg.connect(shim_db, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute(f"DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{sqlstate}'; END $$")
+        assert e.value.sqlstate == sqlstate
+        assert datastore_failed(e.value, conn) is datastore
