@@ -119,7 +119,7 @@ def test_watch_id_chosen_by_client_and_duplicate_refused(stream):
     assert r.watch_id == 7
     stream.send(create_request=rpc_pb2.WatchCreateRequest(key=b"/dup2", watch_id=7))
     r = stream.next()
-    assert r.created and r.canceled and "duplicate watch ID" in r.cancel_reason
+    assert r.created and r.canceled and r.watch_id == -1 and "duplicate watch ID" in r.cancel_reason
 
 
 def test_filters_drop_puts_or_deletes(kv, stream):

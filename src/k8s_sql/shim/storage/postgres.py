@@ -217,11 +217,12 @@ class PostgresBackend(Backend):
         return RangeResult(revision, kvs, more, count)
 
     async def put(self, op: PutOp) -> PutResult:
-        """etcd API v3 KV.Put. Raises KeyNotFoundError, LeaseNotFoundError, UnavailableError."""
+        """etcd API v3 KV.Put. Raises KeyNotFoundError, LeaseNotFoundError, InternalError (a
+        failure of this request's own), UnavailableError."""
         return await self.writer.submit(lambda a: a.put(op))
 
     async def delete_range(self, op: DeleteOp) -> DeleteResult:
-        """etcd API v3 KV.DeleteRange. Raises UnavailableError."""
+        """etcd API v3 KV.DeleteRange. Raises InternalError, UnavailableError."""
         async def req(a: Applier):
             res = await a.delete_range(op)
             res.revision = a.view_revision
@@ -230,7 +231,7 @@ class PostgresBackend(Backend):
 
     async def txn(self, op: TxnOp) -> TxnResult:
         """etcd API v3 KV.Txn; read-only txns run in a REPEATABLE READ snapshot outside the
-        writer. Raises the StorageError of a failing check, or UnavailableError."""
+        writer. Raises the StorageError of a failing check, InternalError, or UnavailableError."""
         if is_read_only(op):
             async def q(conn):
                 async with conn.transaction():
