@@ -14,11 +14,12 @@ import typer
 from k8s_sql.cli import common
 from k8s_sql.phases.join import first_node_config, run_join
 
-app = typer.Typer(name="join", help="Join a worker (or, with --control-plane, another control-plane node running "
-                  "its own shim against the same PostgreSQL) to the cluster of the first control-plane node.")
+SUMMARY = ("Join a worker (or, with --control-plane, another control-plane node running its own shim against the "
+           "same PostgreSQL) to the cluster of the first control-plane node.")
+app = typer.Typer()
 
 
-@app.callback(invoke_without_command=True)
+@app.command("join", short_help=SUMMARY, help=SUMMARY)
 def join(
     config: common.ConfigOpt = None,
     dry_run: common.DryRunOpt = False,

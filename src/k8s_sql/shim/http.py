@@ -108,7 +108,8 @@ class HttpEndpoint:
             if self._probe and now - self._probe.at < HEALTH_CACHE:
                 return self._probe.ok, self._probe.reason
             try:
-                await asyncio.wait_for(self.backend.ping(), HEALTH_TIMEOUT)
+                async with asyncio.timeout(HEALTH_TIMEOUT):  # not wait_for: it can swallow a cancel on 3.11
+                    await self.backend.ping()
                 ok, reason = True, ""
             except asyncio.TimeoutError:
                 ok, reason = False, f"datastore: no answer from PostgreSQL within {HEALTH_TIMEOUT:g}s"
@@ -121,7 +122,8 @@ class HttpEndpoint:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                async with asyncio.timeout(10):
+                    head = await reader.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
                 return
             line = head.split(b"\r\n", 1)[0].decode("latin-1")
@@ -210,7 +212,8 @@ async def grpc_health_loop(backend, health_servicer, interval: float = 5.0, serv
 
     while True:
         try:
-            await asyncio.wait_for(backend.ping(), HEALTH_TIMEOUT)
+            async with asyncio.timeout(HEALTH_TIMEOUT):  # not wait_for: it can swallow a cancel on 3.11
+                await backend.ping()
             status = health_pb2.HealthCheckResponse.SERVING
         except asyncio.CancelledError:
             raise
