@@ -83,7 +83,7 @@ def test_dry_run_shows_exact_sources_keys_and_packages(tmp_path, release):
             "kubelet=1.34.2-* kubeadm=1.34.2-* kubectl=1.34.2-* cri-tools cri-o=1.34.* podman netavark iptables "
             "postgresql\n") in out
     assert "apt-mark hold kubelet kubeadm kubectl" in out
-    assert "modprobe overlay br_netfilter" in out and "swapoff -a" in out
+    assert "modprobe -a overlay br_netfilter" in out and "swapoff -a" in out
     assert "sysctl -p /etc/sysctl.d/99-k8s-sql.conf" in out
     assert "+# disabled by k8s-sql (kubelet needs swap off): /swap.img none swap sw 0 0" in out
     assert "systemctl enable --now crio" in out and "systemctl enable kubelet" in out
@@ -158,7 +158,7 @@ def test_apply_under_root_then_nothing_left_to_do(tmp_path):
     cfg = config(tmp_path)
     r = prereqs(root, cfg)
     assert r.exit_code == 0, r.output
-    assert "skipped under --root: modprobe overlay br_netfilter" in r.output
+    assert "skipped under --root: modprobe -a overlay br_netfilter" in r.output
     assert open(os.path.join(root, "etc/modules-load.d/k8s-sql.conf")).read().splitlines()[1:] == [
         "overlay", "br_netfilter"]
     sysctl = open(os.path.join(root, "etc/sysctl.d/99-k8s-sql.conf")).read()
@@ -260,7 +260,7 @@ def test_a_minimal_node_gets_the_tools_the_phase_runs(tmp_path):
         "apt-get -o DPkg::Lock::Timeout=600 update",
         "apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
         "install -y --no-install-recommends kmod ca-certificates curl gpg"]
-    assert first < lines.index("modprobe overlay br_netfilter") and "procps" not in r.output
+    assert first < lines.index("modprobe -a overlay br_netfilter") and "procps" not in r.output
     # modules loaded, keys there: no modprobe, no key fetch, so none of these tools
     settle(root)
     r = prereqs(root, config(tmp_path), "--dry-run")

@@ -458,3 +458,19 @@ def test_a_damaged_record_stops_reset_before_anything_is_removed(tmp_path):
         scratch_reset(root, cfg)
     assert e.value.where == "/var/lib/k8s-sql/state.json"
     assert tree(root) == before
+
+
+def test_the_kubelet_package_s_keep_file_is_not_kubeadm_state(tmp_path):
+    """The kubelet package ships ``/etc/kubernetes/manifests/.kubelet-keep``: on a node where
+    kubeadm never ran, reset must not run ``kubeadm reset -f`` (it would empty
+    ``/etc/kubernetes/pki``); a real static pod manifest is kubeadm state. (Seen in the VM test.)"""
+    root = tmp_path / "root"
+    (root / "etc/kubernetes/manifests").mkdir(parents=True)
+    (root / "etc/kubernetes/manifests/.kubelet-keep").write_text("")
+    cfg = scratch_config()
+    scratch_init(root, cfg)
+    n, out = scratch_reset(root, cfg, dry_run=True)
+    assert "kubeadm reset" not in out
+    (root / "etc/kubernetes/manifests/kube-apiserver.yaml").write_text("apiVersion: v1\nkind: Pod\n")
+    with pytest.raises(Exception, match="kubeadm state but kubeadm is not installed"):
+        scratch_reset(root, cfg, dry_run=True)

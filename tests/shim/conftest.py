@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from etcd_server import free_port, make_tls
+from etcd_server import EtcdServer, free_port, make_tls
 from k8s_sql.shim.settings import DEFAULT_ETCD_VERSION, ShimSettings
 
 
@@ -140,3 +140,19 @@ def shim(pg, tmp_path_factory):
     s = ShimProcess(pg.create_database(f"shim_{uuid.uuid4().hex[:10]}"), tls).start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    """etcd 3.4 on loopback (plaintext), one per test module: the oracle the shim is compared with."""
+    server = EtcdServer(tmp_path_factory.mktemp("etcd-oracle")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["etcd", "shim"])
+def channel(request, oracle, shim):
+    """A channel to etcd or to the shim; a test using it runs on both."""
+    ch = grpc.insecure_channel(oracle.endpoint.removeprefix("http://")) if request.param == "etcd" else shim.channel()
+    yield ch
+    ch.close()

@@ -211,3 +211,17 @@ class EtcdServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def secure_channel(target):
+    """An mTLS gRPC channel to ``target`` (an :class:`EtcdServer` with TLS, or a shim
+    handle): anything with ``endpoint`` (``https://host:port``), ``ca_file``, ``cert_file``
+    and ``key_file``."""
+    import grpc
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    creds = grpc.ssl_channel_credentials(read(target.ca_file), read(target.key_file), read(target.cert_file))
+    return grpc.secure_channel(target.endpoint.removeprefix("https://"), creds)

@@ -17,7 +17,7 @@ import subprocess
 import grpc
 import pytest
 
-from etcd_server import ETCDCTL, EtcdServer, make_tls
+from etcd_server import ETCDCTL, EtcdServer, make_tls, secure_channel
 from k8s_sql.shim.etcdpb import rpc_pb2 as pb
 from k8s_sql.shim.etcdpb import rpc_pb2_grpc
 
@@ -55,15 +55,9 @@ def etcd(tmp_path_factory):
     server.stop()
 
 
-def _channel(target) -> grpc.Channel:
-    read = lambda p: open(p, "rb").read()  # noqa: E731
-    creds = grpc.ssl_channel_credentials(read(target.ca_file), read(target.key_file), read(target.cert_file))
-    return grpc.secure_channel(target.endpoint.removeprefix("https://"), creds)
-
-
 def _call(target, method: str, request):
     """The answer of ``method``: ("OK", response fields that do not name the cluster) or (code, message)."""
-    with _channel(target) as ch:
+    with secure_channel(target) as ch:
         try:
             resp = getattr(rpc_pb2_grpc.AuthStub(ch), method)(request, timeout=15)
         except grpc.RpcError as e:
@@ -95,7 +89,7 @@ def test_auth_rpc_answers_as_etcd(etcd, shim, method, request_):
 
 def test_auth_status_answers_as_etcd_35_with_auth_disabled(etcd, shim):
     assert _call(etcd, "AuthStatus", pb.AuthStatusRequest())[0] == grpc.StatusCode.UNIMPLEMENTED  # new in 3.5
-    with _channel(shim) as ch:
+    with secure_channel(shim) as ch:
         resp = rpc_pb2_grpc.AuthStub(ch).AuthStatus(pb.AuthStatusRequest(), timeout=15)
         revision = rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"x"), timeout=15).header.revision
     assert resp.enabled is False and resp.authRevision == 1

@@ -30,7 +30,6 @@ import grpc
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from etcd_server import EtcdServer
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 
 SEEDS = range(8)
@@ -38,13 +37,6 @@ OPS_PER_SEED = 400
 _LONG = bytes(range(256)) * 4 + b"L" * 76  # 1,100 bytes
 NAMES = [b"a", b"b", b"b/c", b"b/d", b"c", b"d\x00x", b"e", b"\xff",
          b"l/" + _LONG, b"l/" + _LONG + b"a", b"l/" + _LONG + b"b", b"m" + bytes(range(255, -1, -1)) * 12]
-
-
-@pytest.fixture(scope="module")
-def oracle(tmp_path_factory):
-    server = EtcdServer(tmp_path_factory.mktemp("etcd-oracle")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

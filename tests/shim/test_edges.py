@@ -14,27 +14,11 @@ import uuid
 import grpc
 import pytest
 
-from etcd_server import EtcdServer
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 from streams import WatchStream
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DUPLICATE = "mvcc: duplicate watch ID provided on the WatchStream"
-
-
-@pytest.fixture(scope="module")
-def oracle(tmp_path_factory):
-    server = EtcdServer(tmp_path_factory.mktemp("etcd-edges")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["etcd", "shim"])
-def channel(request, oracle, shim):
-    """A channel to etcd or to the shim; every test runs on both."""
-    ch = grpc.insecure_channel(oracle.endpoint.removeprefix("http://")) if request.param == "etcd" else shim.channel()
-    yield ch
-    ch.close()
 
 
 @pytest.fixture

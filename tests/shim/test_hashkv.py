@@ -21,7 +21,7 @@ import subprocess
 import grpc
 import pytest
 
-from etcd_server import ETCDCTL, EtcdServer, make_tls
+from etcd_server import ETCDCTL, EtcdServer, make_tls, secure_channel
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 
 LEASE = 0x5EED
@@ -34,17 +34,11 @@ def etcd(tmp_path):
     server.stop()
 
 
-def _channel(target) -> grpc.Channel:
-    read = lambda p: open(p, "rb").read()  # noqa: E731
-    creds = grpc.ssl_channel_credentials(read(target.ca_file), read(target.key_file), read(target.cert_file))
-    return grpc.secure_channel(target.endpoint.removeprefix("https://"), creds)
-
-
 class Both:
     """One etcd and one shim that started empty and receive the same requests."""
 
     def __init__(self, etcd, shim):
-        self.channels = {"etcd": _channel(etcd), "shim": _channel(shim)}
+        self.channels = {"etcd": secure_channel(etcd), "shim": secure_channel(shim)}
 
     def call(self, service: str, method: str, request):
         """Send ``request`` to both; return {name: response} (both must succeed)."""

@@ -19,18 +19,10 @@ import uuid
 import grpc
 import pytest
 
-from etcd_server import EtcdServer
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 
 WAVES = 25
 INNOCENT = 40
-
-
-@pytest.fixture(scope="module")
-def oracle(tmp_path_factory):
-    server = EtcdServer(tmp_path_factory.mktemp("etcd-isolation")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["etcd", "shim"])

@@ -14,18 +14,10 @@ import queue
 import grpc
 import pytest
 
-from etcd_server import EtcdServer
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 
 EQUAL, GREATER, LESS = rpc_pb2.Compare.EQUAL, rpc_pb2.Compare.GREATER, rpc_pb2.Compare.LESS
 MOD, VERSION = rpc_pb2.Compare.MOD, rpc_pb2.Compare.VERSION
-
-
-@pytest.fixture(scope="module")
-def oracle(tmp_path_factory):
-    server = EtcdServer(tmp_path_factory.mktemp("etcd-kube")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["etcd", "shim"])

@@ -12,26 +12,10 @@ from __future__ import annotations
 import random
 import uuid
 
-import grpc
 import pytest
 
-from etcd_server import EtcdServer
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 from streams import WatchStream
-
-
-@pytest.fixture(scope="module")
-def oracle(tmp_path_factory):
-    server = EtcdServer(tmp_path_factory.mktemp("etcd-long-keys")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["etcd", "shim"])
-def channel(request, oracle, shim):
-    ch = grpc.insecure_channel(oracle.endpoint.removeprefix("http://")) if request.param == "etcd" else shim.channel()
-    yield ch
-    ch.close()
 
 
 @pytest.fixture

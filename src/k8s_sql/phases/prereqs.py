@@ -256,7 +256,8 @@ class Prereqs(Phase):
         missing = [m for m in MODULES if not host.exists(f"/sys/module/{m}")]
         if missing:
             tools.append("kmod")
-            changes.append(commands(f"load kernel modules {', '.join(missing)}", [["modprobe", *missing]]))
+            # -a: without it, modprobe takes the names after the first as module parameters
+            changes.append(commands(f"load kernel modules {', '.join(missing)}", [["modprobe", "-a", *missing]]))
 
         # sysctls
         sysctl_text = "# k8s-sql: packet forwarding and bridged traffic through iptables\n" + "".join(

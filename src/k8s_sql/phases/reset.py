@@ -60,7 +60,9 @@ HEADER = b"# Written by k8s-sql"
 
 def _kubeadm_state(ctx: Context) -> bool:
     host, paths = ctx.host, ctx.config.paths
-    return (bool(host.listdir(paths.manifests_dir)) or host.exists(paths.kubeconfig)
+    # dotfiles do not count: the kubelet package ships manifests/.kubelet-keep, and the kubelet ignores them
+    manifests = [n for n in host.listdir(paths.manifests_dir) if not n.startswith(".")]
+    return (bool(manifests) or host.exists(paths.kubeconfig)
             or host.exists("/etc/kubernetes/kubelet.conf"))
 
 

@@ -79,7 +79,12 @@ def has_password(datastore: str) -> bool:
     return bool(params.get("password"))
 
 
-def _read(path: str, flag: str) -> bytes:
+def read_file(path: str, flag: str) -> bytes:
+    """The bytes of ``path``, given by ``flag`` (``--cert-file``…).
+
+    Raises:
+        K8sSqlError: it cannot be read (the reason, the flag, what to check).
+    """
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -95,8 +100,8 @@ def _tls_files(s: ShimSettings) -> x509.Certificate | None:
         return None
     if not (s.cert_file and s.key_file):
         return None  # settings.validate says what is missing
-    cert_pem = _read(s.cert_file, "--cert-file")
-    key_pem = _read(s.key_file, "--key-file")
+    cert_pem = read_file(s.cert_file, "--cert-file")
+    key_pem = read_file(s.key_file, "--key-file")
     try:
         cert = load_certificate(cert_pem)
     except ValueError:
@@ -118,7 +123,7 @@ def _tls_files(s: ShimSettings) -> x509.Certificate | None:
                           "certificate of this key); `openssl x509 -noout -pubkey -in CERT` and "
                           "`openssl pkey -pubout -in KEY` must print the same")
     if s.trusted_ca_file:
-        ca_pem = _read(s.trusted_ca_file, "--trusted-ca-file")
+        ca_pem = read_file(s.trusted_ca_file, "--trusted-ca-file")
         try:
             with pywarnings.catch_warnings():
                 pywarnings.simplefilter("ignore", CryptographyDeprecationWarning)

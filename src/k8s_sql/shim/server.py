@@ -28,6 +28,7 @@ from k8s_sql.shim.api.lease import LeaseServicer
 from k8s_sql.shim.api.maintenance import ClusterServicer, MaintenanceServicer
 from k8s_sql.shim.api.watch import WatchServicer
 from k8s_sql.shim.etcdpb import rpc_pb2_grpc
+from k8s_sql.shim.safety import read_file
 from k8s_sql.shim.settings import GRPC_OVERHEAD_BYTES, ShimSettings
 from k8s_sql.shim.storage.base import CompactedError, UnavailableError
 from k8s_sql.shim.storage.postgres import PostgresBackend
@@ -40,19 +41,10 @@ MAX_SEND_BYTES = 2**31 - 1
 _WORKER_ENV = "K8S_SQL_SHIM_WORKER_SETTINGS"
 
 
-def _read(path: str, flag: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise K8sSqlError(f"cannot read {path}: {e.strerror}", where=flag,
-                          hint="check the path and that the shim's user may read it") from e
-
-
 def server_credentials(s: ShimSettings) -> grpc.ServerCredentials:
     """TLS credentials from the settings' cert/key (and CA for client certificates)."""
-    key, cert = _read(s.key_file, "--key-file"), _read(s.cert_file, "--cert-file")
-    ca = _read(s.trusted_ca_file, "--trusted-ca-file") if s.trusted_ca_file else None
+    key, cert = read_file(s.key_file, "--key-file"), read_file(s.cert_file, "--cert-file")
+    ca = read_file(s.trusted_ca_file, "--trusted-ca-file") if s.trusted_ca_file else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=s.client_cert_auth)
 
 
