@@ -74,22 +74,10 @@ def small(request, small_etcd, shim_factory):
     ch.close()
 
 
-@pytest.fixture(scope="module")
-def default_etcd(tmp_path_factory):
-    server = EtcdServer(tmp_path_factory.mktemp("etcd-default-limits")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["etcd", "shim"])
-def default(request, default_etcd, shim):
-    """A channel to etcd or the shim with etcd's default limits."""
-    if request.param == "etcd":
-        ch = grpc.insecure_channel(default_etcd.endpoint.removeprefix("http://"))
-    else:
-        ch = shim.channel()
-    yield ch
-    ch.close()
+@pytest.fixture
+def default(channel):
+    """A channel to etcd or the shim with etcd's default limits (conftest's ``channel``)."""
+    return channel
 
 
 def member_id(kv) -> int:
