@@ -46,6 +46,19 @@ def _cmd(argv: list[str]) -> str:
         return "?"
 
 
+def stop_all(shims, etcd, pg, work: str) -> None:
+    """Stop the shims and etcd, destroy the temporary PostgreSQL cluster and remove the
+    scratch directory ``work``; ``None`` entries (never started) are passed over."""
+    for shim in shims:
+        if shim:
+            shim.stop()
+    if etcd:
+        etcd.stop()
+    if pg:
+        pg.destroy()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def machine_info(args, pg, sizes) -> dict[str, str]:
     """Header facts: machine, versions, sizes, transport."""
     import grpc
@@ -146,13 +159,7 @@ def run(args) -> tuple[str, Results]:
                 res.add("postgres", f"pgbench_{clients}_tps", tooldriver.pgbench(
                     pg, "pgbench", clients, sizes["pgbench_s"], work))
     finally:
-        for s in shims:
-            s.stop()
-        if etcd:
-            etcd.stop()
-        if pg:
-            pg.destroy()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(shims, etcd, pg, work)
     out_dir = args.output or RESULTS
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-{socket.gethostname()}"

@@ -38,7 +38,6 @@ import math
 import os
 import random
 import re
-import shutil
 import signal
 import statistics
 import sys
@@ -47,7 +46,7 @@ import threading
 import time
 
 from bench import tooldriver
-from bench.harness import RESULTS, log, machine_info
+from bench.harness import RESULTS, log, machine_info, stop_all
 from bench.services import EtcdServer, Shim, start_postgres
 from bench.tool import build_benchmark
 
@@ -298,13 +297,7 @@ def run(args) -> str:
                     if x["round"] == rnd and x["system"] == system:
                         x["ratio"] = x["put_rate"] / clean
     finally:
-        if shim:
-            shim.stop()
-        if etcd:
-            etcd.stop()
-        if pg:
-            pg.destroy()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all([shim], etcd, pg, work)
     out_dir = args.output or RESULTS
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-isolation")
