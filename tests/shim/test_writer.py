@@ -18,6 +18,7 @@ import pytest
 
 from k8s_sql.shim.storage.base import InternalError, PutOp, RangeOp, UnavailableError
 from k8s_sql.shim.storage.postgres import PostgresBackend
+from k8s_sql.shim.storage.writer import MAX_RERUNS
 
 
 def run(dsn: str, scenario):
@@ -60,6 +61,44 @@ def test_a_failing_request_fails_alone(shim_db):
         assert [kv.key for kv in got.kvs] == sorted(b"/ok/%d-%d" % (w, i) for w in range(5) for i in range(30))
         assert got.revision == start + 150  # one revision per innocent put, none for the failed ones
         assert backend.writer.reruns >= 10  # each batch ran again without its failed requests
+    run(shim_db, scenario)
+
+
+@pytest.mark.parametrize("failing", [1, 5])
+def test_a_request_failing_in_the_batch_function_fails_alone(shim_db, failing):
+    """Puts, deletes and guarded txns go through the batch write function (schema migration
+    4), a whole batch in one call. A trigger that raises for keys under /trap/ stands in
+    for an SQL failure nobody foresaw. With one such request per batch the batch runs again
+    without it; with five it runs with a subtransaction per request (after MAX_RERUNS)."""
+    from k8s_sql.shim.storage.base import Compare, DeleteOp, TxnOp
+
+    async def scenario(backend):
+        async with backend.pool.connection() as conn:
+            await conn.execute("CREATE FUNCTION trap() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                               "IF NEW.key >= '/trap/'::bytea AND NEW.key < '/trap0'::bytea THEN "
+                               "RAISE EXCEPTION 'trapped %', convert_from(NEW.key, 'UTF8'); END IF; "
+                               "RETURN NEW; END $$")
+            await conn.execute("CREATE TRIGGER trap BEFORE INSERT OR UPDATE ON kv FOR EACH ROW "
+                               "EXECUTE FUNCTION trap()")
+        await backend.put(PutOp(b"/f/doomed", b"v"))
+        start = await backend.current_revision()
+        calls = [backend.put(PutOp(b"/f/%02d" % i, b"v")) for i in range(20)]
+        calls.append(backend.txn(TxnOp([Compare(b"/f/new", b"", 2, 0, 0)], [PutOp(b"/f/new", b"v")], [])))
+        calls.append(backend.delete_range(DeleteOp(b"/f/doomed", prev_kv=True)))
+        for n in range(failing):
+            calls.insert(3 + 3 * n, backend.put(PutOp(b"/trap/%d" % n, b"v")))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert len(errors) == failing and all(isinstance(e, InternalError) and "trapped /trap/" in str(e)
+                                              for e in errors), errors
+        assert results[-2].succeeded and [kv.key for kv in results[-1].prev_kvs] == [b"/f/doomed"]
+        got = await backend.range(RangeOp(b"/f/", b"/f0"))
+        assert [kv.key for kv in got.kvs] == sorted([b"/f/%02d" % i for i in range(20)] + [b"/f/new"])
+        assert got.revision == start + 22  # one revision per innocent request, none for the failed ones
+        revisions = sorted(r.revision for r in results if not isinstance(r, BaseException))
+        assert revisions == list(range(start + 1, start + 23))  # each its own, in commit order
+        assert not (await backend.range(RangeOp(b"/trap/", b"/trap0"))).kvs
+        assert backend.writer.reruns == min(failing, MAX_RERUNS)  # then a subtransaction per request
     run(shim_db, scenario)
 
 

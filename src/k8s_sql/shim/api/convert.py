@@ -8,7 +8,32 @@ from __future__ import annotations
 
 from k8s_sql.shim.etcdpb import kv_pb2, rpc_pb2
 from k8s_sql.shim.storage.base import (
-    Compare, DeleteOp, DeleteResult, Event, KeyValue, PutOp, PutResult, RangeOp, RangeResult, TxnOp, TxnResult)
+    Compare, CompareResult, CompareTarget, DeleteOp, DeleteResult, Event, EventKind, KeyValue, PutOp, PutResult,
+    RangeOp, RangeResult, SortOrder, SortTarget, TxnOp, TxnResult)
+
+# protobuf enum values -> the storage layer's; a number etcd's enum lacks becomes a negative
+# one, which storage treats as unknown (as etcd treats the unknown number)
+_RR = rpc_pb2.RangeRequest
+_SORT_ORDER = {_RR.NONE: SortOrder.NONE, _RR.ASCEND: SortOrder.ASCEND, _RR.DESCEND: SortOrder.DESCEND}
+_SORT_TARGET = {_RR.KEY: SortTarget.KEY, _RR.VERSION: SortTarget.VERSION, _RR.CREATE: SortTarget.CREATE,
+                _RR.MOD: SortTarget.MOD, _RR.VALUE: SortTarget.VALUE}
+_C = rpc_pb2.Compare
+_COMPARE_TARGET = {_C.VERSION: CompareTarget.VERSION, _C.CREATE: CompareTarget.CREATE, _C.MOD: CompareTarget.MOD,
+                   _C.VALUE: CompareTarget.VALUE, _C.LEASE: CompareTarget.LEASE}
+_COMPARE_RESULT = {_C.EQUAL: CompareResult.EQUAL, _C.GREATER: CompareResult.GREATER, _C.LESS: CompareResult.LESS,
+                   _C.NOT_EQUAL: CompareResult.NOT_EQUAL}
+_EVENT_TYPE = {EventKind.PUT: kv_pb2.Event.PUT, EventKind.DELETE: kv_pb2.Event.DELETE}
+_FILTER = {rpc_pb2.WatchCreateRequest.NOPUT: EventKind.PUT, rpc_pb2.WatchCreateRequest.NODELETE: EventKind.DELETE}
+
+
+def _unknown_enum(v: int) -> int:
+    return -1 - v if v >= 0 else v
+
+
+def watch_filters(filters) -> frozenset[EventKind]:
+    """WatchCreateRequest.filters -> the event kinds the watcher does not want (an unknown
+    filter filters nothing, as in etcd)."""
+    return frozenset(_FILTER[f] for f in filters if f in _FILTER)
 
 
 def varint_size(n: int) -> int:
@@ -29,7 +54,7 @@ def kv_pb(kv: KeyValue) -> kv_pb2.KeyValue:
 
 def event_pb(e: Event) -> kv_pb2.Event:
     """mvccpb.Event of a watch event (prev_kv only when the event carries one)."""
-    out = kv_pb2.Event(type=e.kind, kv=kv_pb(e.kv))
+    out = kv_pb2.Event(type=_EVENT_TYPE[e.kind], kv=kv_pb(e.kv))
     if e.prev_kv is not None:
         out.prev_kv.CopyFrom(kv_pb(e.prev_kv))
     return out
@@ -39,9 +64,10 @@ def event_pb(e: Event) -> kv_pb2.Event:
 
 def range_op(r: rpc_pb2.RangeRequest) -> RangeOp:
     """RangeRequest -> RangeOp."""
-    return RangeOp(r.key, r.range_end, r.limit, r.revision, r.keys_only, r.count_only, r.sort_order,
-                   r.sort_target, r.min_mod_revision, r.max_mod_revision, r.min_create_revision,
-                   r.max_create_revision)
+    return RangeOp(r.key, r.range_end, r.limit, r.revision, r.keys_only, r.count_only,
+                   _SORT_ORDER.get(r.sort_order, _unknown_enum(r.sort_order)),
+                   _SORT_TARGET.get(r.sort_target, _unknown_enum(r.sort_target)),
+                   r.min_mod_revision, r.max_mod_revision, r.min_create_revision, r.max_create_revision)
 
 
 def put_op(r: rpc_pb2.PutRequest) -> PutOp:
@@ -62,7 +88,8 @@ def compare(c: rpc_pb2.Compare) -> Compare:
     (etcd then compares with the zero value)."""
     which = c.WhichOneof("target_union")
     operand = getattr(c, which) if which is not None and which == _TARGET_FIELD.get(c.target) else None
-    return Compare(c.key, c.range_end, c.target, c.result, operand)
+    return Compare(c.key, c.range_end, _COMPARE_TARGET.get(c.target, _unknown_enum(c.target)),
+                   _COMPARE_RESULT.get(c.result, _unknown_enum(c.result)), operand)
 
 
 def txn_op(r: rpc_pb2.TxnRequest) -> TxnOp:

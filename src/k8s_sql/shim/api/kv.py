@@ -14,10 +14,10 @@ from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 
 
 class KVServicer(rpc_pb2_grpc.KVServicer):
-    """etcd API v3 KV backed by a :class:`~k8s_sql.shim.storage.postgres.PostgresBackend`.
+    """etcd API v3 KV over the storage interface (:class:`~k8s_sql.shim.storage.base.KV`).
 
     Args:
-        backend: the storage backend.
+        backend: the storage (a :class:`~k8s_sql.shim.storage.base.Backend`).
         settings: a :class:`k8s_sql.shim.settings.ShimSettings` (ids, request limits).
     """
 

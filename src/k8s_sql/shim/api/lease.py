@@ -11,7 +11,7 @@ from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 
 
 class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
-    """etcd API v3 Lease backed by the storage backend's lease table.
+    """etcd API v3 Lease over the storage interface (:class:`~k8s_sql.shim.storage.base.Lease`).
 
     Args: as :class:`k8s_sql.shim.api.kv.KVServicer`.
     """

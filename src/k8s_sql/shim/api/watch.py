@@ -26,7 +26,7 @@ import asyncio
 import logging
 
 from k8s_sql.shim import metrics
-from k8s_sql.shim.api.convert import event_pb, field_size
+from k8s_sql.shim.api.convert import event_pb, field_size, watch_filters
 from k8s_sql.shim.api.header import Headers
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 from k8s_sql.shim.settings import GRPC_OVERHEAD_BYTES
@@ -44,32 +44,37 @@ _EVENTS_FIELD = rpc_pb2.WatchResponse.DESCRIPTOR.fields_by_name["events"].number
 
 
 class _Watcher:
-    """One watcher of a stream; the hub calls :meth:`deliver` and :meth:`compacted`."""
+    """One watcher of a stream: its storage subscription and the task sending its events."""
 
-    def __init__(self, stream: "_Stream", watch_id: int, req: rpc_pb2.WatchCreateRequest, start: int):
+    def __init__(self, stream: "_Stream", watch_id: int, req: rpc_pb2.WatchCreateRequest):
         self.stream = stream
         self.id = watch_id
-        self.key = req.key or b"\0"  # etcd: an empty key watches from the smallest key (b"\0")
-        self.range_end = req.range_end
-        self.start = start
-        self.prev_kv = req.prev_kv
-        self.filters = set(req.filters)
         self.progress_notify = req.progress_notify
         self.fragment = req.fragment
         self.active = True  # an event was sent since the last progress tick
         self.retired = False  # cancelled by compaction: no more events, the id stays taken
+        self.sub = None  # the storage Subscription, once created
 
-    def deliver(self, events: list[Event], revision: int) -> None:
-        self.active = True
-        self.stream.send_events(self, events, revision)
+    async def pump(self) -> None:
+        """Send the subscription's events until the watch is cancelled or compacted away."""
+        try:
+            async for events, revision in self.sub:
+                self.active = True
+                self.stream.send_events(self, events, revision)
+        except CompactedError as e:
+            # etcd stops the watcher but keeps its id on the stream until the client cancels it
+            self.retired = True
+            # 0 only reaches here for a negative start revision: etcd's "never compacted" is -1
+            self.stream.out.put_nowait(rpc_pb2.WatchResponse(
+                header=self.stream.header(0), watch_id=self.id, canceled=True,
+                compact_revision=e.compact_revision or -1))
+        finally:
+            self.sub.close()
 
-    def compacted(self, compact_revision: int) -> None:
-        # etcd stops the watcher but keeps its id on the stream until the client cancels it
-        self.retired = True
-        self.stream.hub.remove(self)
-        # 0 only reaches here for a negative start revision: etcd's "never compacted" is -1
-        self.stream.out.put_nowait(rpc_pb2.WatchResponse(
-            header=self.stream.header(0), watch_id=self.id, canceled=True, compact_revision=compact_revision or -1))
+    @property
+    def synced(self) -> bool:
+        """Every event up to the storage's watch revision has been queued for the client."""
+        return self.retired or self.sub.synced
 
 
 class _Stream:
@@ -77,7 +82,6 @@ class _Stream:
 
     def __init__(self, servicer: "WatchServicer"):
         self.backend = servicer.backend
-        self.hub = servicer.backend.hub
         self.header = servicer.header
         self.fragment_bytes = servicer.fragment_bytes
         self.out: asyncio.Queue = asyncio.Queue()
@@ -85,10 +89,11 @@ class _Stream:
         self.next_id = 0
         self.tasks: set[asyncio.Task] = set()
 
-    def spawn(self, coro) -> None:
+    def spawn(self, coro) -> asyncio.Task:
         t = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
+        return t
 
     def send_events(self, w: _Watcher, events: list[Event], revision: int) -> None:
         resp = rpc_pb2.WatchResponse(header=self.header(revision), watch_id=w.id,
@@ -114,14 +119,15 @@ class _Stream:
     def drop(self, w: _Watcher) -> None:
         if self.watchers.pop(w.id, None) is not None:
             metrics.WATCHERS.dec()
-        self.hub.remove(w)
+        if w.sub is not None:
+            w.sub.close()
 
     async def create(self, req: rpc_pb2.WatchCreateRequest) -> None:
         """etcd WatchCreateRequest."""
         try:
             current = await self.backend.current_revision()
         except Exception:
-            current = self.hub.position  # PostgreSQL is down: the hub's view is the best we have
+            current = self.backend.watch_revision()  # PostgreSQL is down: the best we know
         key = req.key or b"\0"
         watch_id = req.watch_id
         refused = None
@@ -138,30 +144,14 @@ class _Stream:
                 self.next_id += 1
             watch_id = self.next_id
             self.next_id += 1
-        w = _Watcher(self, watch_id, req, req.start_revision or current + 1)
+        w = _Watcher(self, watch_id, req)
         self.watchers[watch_id] = w
         metrics.WATCHERS.inc()
         self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(current), watch_id=watch_id, created=True))
-        upto = self.hub.add(w)
-        if w.start <= upto:
-            self.spawn(self._catch_up(w, upto))
-
-    async def _catch_up(self, w: _Watcher, upto: int) -> None:
-        while True:
-            try:
-                await self.hub.catch_up(w, upto)
-                break
-            except CompactedError as e:
-                w.compacted(e.compact_revision)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # PostgreSQL unavailable: retry, the watcher keeps its place
-                log.warning("watch %d catch-up failed (%s); retrying", w.id, e)
-                await asyncio.sleep(0.5)
-                if w.id not in self.watchers:
-                    return
-        self.hub.synced(w)
+        # etcd: an empty key watches from the smallest key (b"\0")
+        w.sub = self.backend.subscribe(key, req.range_end, req.start_revision or current + 1, req.prev_kv,
+                                       watch_filters(req.filters))
+        self.spawn(w.pump())
 
     def cancel(self, watch_id: int) -> None:
         """etcd WatchCancelRequest."""
@@ -169,20 +159,16 @@ class _Stream:
         if w is None:
             return
         self.drop(w)
-        self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(self.hub.position), watch_id=watch_id,
-                                                  canceled=True))
+        self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(self.backend.watch_revision()),
+                                                  watch_id=watch_id, canceled=True))
 
     async def progress(self) -> None:
         """etcd 3.5 WatchProgressRequest: answer once all watchers are synced, with a
         revision up to which every event has been sent."""
-        try:
-            target = await self.backend.current_revision()
-        except Exception:
-            target = self.hub.position
-        await self.hub.wait_for(target)
-        while not all(w.retired or self.hub.is_synced(w) for w in self.watchers.values()):
+        await self.backend.watch_progress()
+        while not all(w.synced for w in self.watchers.values()):
             await asyncio.sleep(0.01)
-        self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(self.hub.position),
+        self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(self.backend.watch_revision()),
                                                   watch_id=INVALID_WATCH_ID))
 
     async def ticker(self, interval: float) -> None:
@@ -190,10 +176,10 @@ class _Stream:
         while True:
             await asyncio.sleep(interval)
             for w in list(self.watchers.values()):
-                if w.progress_notify and not w.retired and self.hub.is_synced(w):
+                if w.progress_notify and not w.retired and w.synced:
                     if not w.active:
-                        self.out.put_nowait(rpc_pb2.WatchResponse(header=self.header(self.hub.position),
-                                                                  watch_id=w.id))
+                        self.out.put_nowait(rpc_pb2.WatchResponse(
+                            header=self.header(self.backend.watch_revision()), watch_id=w.id))
                     w.active = False
 
     def close(self) -> None:
@@ -204,7 +190,7 @@ class _Stream:
 
 
 class WatchServicer(rpc_pb2_grpc.WatchServicer):
-    """etcd API v3 Watch over the backend's watch hub."""
+    """etcd API v3 Watch over the storage's subscriptions (``backend.subscribe``)."""
 
     def __init__(self, backend, settings):
         self.backend = backend

@@ -1,6 +1,7 @@
 """Applying etcd requests inside one PostgreSQL transaction (etcd API v3 KV and Lease semantics).
 
-An :class:`Applier` serves one request. The writer (:mod:`.writer`) creates it with the store
+The general write path: txns the batch function (:mod:`.batch`) does not take, compaction
+and lease revoke. An :class:`Applier` serves one request. The writer (:mod:`.writer`) creates it with the store
 revision as it stands inside the writer's transaction; every change the request makes is
 written at ``begin + 1`` (one revision per request, a txn included, as in etcd) and numbered
 by ``sub`` in the order etcd would emit the events. Requests are validated before anything is
@@ -15,51 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from k8s_sql.shim.storage import mvcc, queries
+from k8s_sql.shim.storage.ranges import read_range
 from k8s_sql.shim.storage.base import (
     CompactedError, DeleteOp, DeleteResult, FutureRevisionError, KeyNotFoundError, KeyValue, LeaseNotFoundError,
     PutOp, PutResult, RangeOp, RangeResult, TxnOp, TxnResult)
-
-#: kv's unique index (schema migration 3): the key's head and, for longer keys, its SHA-256.
-KV_KEY_INDEX = (f"({queries.key_head('key')}), (CASE WHEN octet_length(key) > {queries.KEY_HEAD_BYTES} "
-                "THEN sha256(key) ELSE ''::bytea END)")
-
-_PUT = f"""
-WITH p AS (SELECT key, value, create_revision, mod_revision, version, lease FROM kv WHERE {queries.key_predicate(b"")}),
-n AS (SELECT CASE WHEN %(iv)s THEN p.value ELSE %(value)s::bytea END AS value,
-             COALESCE(p.create_revision, %(rev)s::bigint) AS create_revision,
-             COALESCE(p.version, 0) + 1 AS version,
-             CASE WHEN %(il)s THEN p.lease ELSE %(lease)s::bigint END AS lease,
-             p.mod_revision AS prev_revision
-      FROM (SELECT 1) one LEFT JOIN p ON true),
-l AS (INSERT INTO log (revision, sub, key, value, create_revision, version, lease, deleted, prev_revision)
-      SELECT %(rev)s, %(sub)s, %(key)s, value, create_revision, version, lease, false, prev_revision FROM n),
-u AS (INSERT INTO kv (key, value, create_revision, mod_revision, version, lease)
-      SELECT %(key)s, value, create_revision, %(rev)s, version, lease FROM n
-      ON CONFLICT ({KV_KEY_INDEX}) DO UPDATE SET value = EXCLUDED.value, mod_revision = EXCLUDED.mod_revision,
-          version = EXCLUDED.version, lease = EXCLUDED.lease)
-SELECT key, value, create_revision, mod_revision, version, lease FROM p
-"""
-
-
-#: Compaction, step 1: delete each version that a version in (%(from)s, %(rev)s] superseded.
-COMPACT_SUPERSEDED = (
-    "DELETE FROM log l USING log n WHERE n.revision > %(from)s AND n.revision <= %(rev)s "
-    f"AND n.prev_revision IS NOT NULL AND l.revision = n.prev_revision AND {queries.same_key('l.key', 'n.key')}")
-#: Compaction, step 2: delete the tombstones below %(rev)s.
-COMPACT_TOMBSTONES = "DELETE FROM log WHERE deleted AND revision >= %(from)s AND revision < %(rev)s"
-
-
-def _delete_sql(predicate: str, returning: bool) -> str:
-    tail = ("SELECT key, value, create_revision, mod_revision, version, lease FROM d ORDER BY key" if returning
-            else "SELECT count(*) FROM d")
-    return f"""
-WITH d AS (DELETE FROM kv WHERE {predicate} RETURNING key, value, create_revision, mod_revision, version, lease),
-l AS (INSERT INTO log (revision, sub, key, value, create_revision, version, lease, deleted, prev_revision)
-      SELECT %(rev)s, %(sub)s + (row_number() OVER (ORDER BY key))::int - 1, key, ''::bytea, 0, 0, 0, true,
-             mod_revision FROM d)
-{tail}
-"""
-
 
 @dataclass
 class _Path:
@@ -123,20 +83,9 @@ class Applier:
     async def range(self, op: RangeOp) -> RangeResult:
         """etcd KV.Range inside the request; sees the request's own earlier changes when
         ``op.revision`` is 0. Revision checks are the caller's (see :meth:`check_range`)."""
-        historical = op.revision > 0
-        params = {"key": op.key, "end": op.range_end, "rev": op.revision}
-        sql_limit = mvcc.sql_limit(op)
-        if op.count_only:
-            count = (await self._rows(queries.count_rows(op.range_end, historical), params))[0][0]
-            return RangeResult(self.view_revision, [], False, count)
-        build = queries.historical_rows if historical else queries.current_rows
-        kvs = [queries.kv_from_row(r) for r in await self._rows(build(op.range_end, mvcc.skip_values(op), sql_limit), params)]
-        if sql_limit and len(kvs) == sql_limit:
-            count = (await self._rows(queries.count_rows(op.range_end, historical), params))[0][0]
-        else:
-            count = len(kvs)
-        kvs, more = mvcc.finish_range(op, kvs)
-        return RangeResult(self.view_revision, kvs, more, count)
+        _, _, res = await read_range(self.conn, op, now=self.view_revision)
+        res.revision = self.view_revision
+        return res
 
     async def _kvs(self, key: bytes, range_end: bytes) -> list[KeyValue]:
         rows = await self._rows(queries.current_rows(range_end, False, 0), {"key": key, "end": range_end})
@@ -144,7 +93,7 @@ class Applier:
 
     async def lease_exists(self, lease: int) -> bool:
         """True when lease ``lease`` is granted (and not yet revoked or expired away)."""
-        return bool(await self._rows("SELECT 1 FROM lease WHERE id = %(id)s", {"id": lease}))
+        return bool(await self._rows(queries.LEASE_EXISTS, {"id": lease}))
 
     # --- checks (etcd checkRequestPut / checkRequestRange) ---
 
@@ -174,8 +123,9 @@ class Applier:
             await self.check_put(op)
         elif (op.ignore_value or op.ignore_lease) and not await self._kvs(op.key, b""):
             raise KeyNotFoundError()  # deleted earlier in the same txn (etcd 3.4 crashes here)
-        rows = await self._rows(_PUT, {"key": op.key, "value": op.value, "lease": op.lease, "iv": op.ignore_value,
-                                       "il": op.ignore_lease, "rev": self.write_revision, "sub": self.changes})
+        rows = await self._rows(queries.PUT, {"key": op.key, "value": op.value, "lease": op.lease,
+                                              "iv": op.ignore_value, "il": op.ignore_lease,
+                                              "rev": self.write_revision, "sub": self.changes})
         self.changes += 1
         prev = queries.kv_from_row(rows[0]) if rows and op.prev_kv else None
         return PutResult(self.write_revision, prev)
@@ -187,12 +137,12 @@ class Applier:
 
     async def delete_lease_keys(self, lease: int) -> int:
         """Delete every key attached to ``lease`` (lease revoke/expiry). Returns how many."""
-        res = await self._delete("lease = %(lease)s", {"lease": lease}, False)
+        res = await self._delete(queries.LEASE_KEYS, {"lease": lease}, False)
         return res.deleted
 
     async def _delete(self, predicate: str, params: dict, returning: bool) -> DeleteResult:
         params = dict(params, rev=self.write_revision, sub=self.changes)
-        rows = await self._rows(_delete_sql(predicate, returning), params)
+        rows = await self._rows(queries.delete_rows(predicate, returning), params)
         if returning:
             prev = [queries.kv_from_row(r) for r in rows]
             n = len(prev)
@@ -275,9 +225,9 @@ class Applier:
             raise FutureRevisionError()
         params = {"from": self.compact_revision, "rev": revision}
         # each version <= rev supersedes its predecessor (prev_revision): delete those
-        await self.conn.execute(COMPACT_SUPERSEDED, params)
-        await self.conn.execute(COMPACT_TOMBSTONES, params)
-        await self.conn.execute("UPDATE meta SET compact_revision = %(rev)s", params)
+        await self.conn.execute(queries.COMPACT_SUPERSEDED, params)
+        await self.conn.execute(queries.COMPACT_TOMBSTONES, params)
+        await self.conn.execute(queries.SET_COMPACT_REVISION, params)
         self.compact_revision = revision
 
     async def revoke(self, lease: int, only_expired: bool = False) -> bool:
@@ -287,8 +237,7 @@ class Applier:
 
         Returns True if the lease was removed. Raises LeaseNotFoundError (not only_expired).
         """
-        cond = " AND expires_at <= clock_timestamp()" if only_expired else ""
-        gone = await self._rows(f"DELETE FROM lease WHERE id = %(id)s{cond} RETURNING id", {"id": lease})
+        gone = await self._rows(queries.REVOKE_EXPIRED if only_expired else queries.REVOKE, {"id": lease})
         if not gone:
             if only_expired:
                 return False

@@ -7,8 +7,52 @@ new revision; read-only requests and deletes that delete nothing get none.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+from enum import IntEnum
+
+
+# The storage layer's own enums; the API layer maps etcd's protobuf enums onto them
+# (api/convert.py), so nothing here depends on protobuf numbering.
+
+class EventKind(IntEnum):
+    """What a watch event records (etcd mvccpb.Event.EventType)."""
+    PUT = 0
+    DELETE = 1
+
+
+class SortOrder(IntEnum):
+    """etcd RangeRequest.SortOrder."""
+    NONE = 0
+    ASCEND = 1
+    DESCEND = 2
+
+
+class SortTarget(IntEnum):
+    """etcd RangeRequest.SortTarget."""
+    KEY = 0
+    VERSION = 1
+    CREATE = 2
+    MOD = 3
+    VALUE = 4
+
+
+class CompareTarget(IntEnum):
+    """etcd Compare.CompareTarget."""
+    VERSION = 0
+    CREATE = 1
+    MOD = 2
+    VALUE = 3
+    LEASE = 4
+
+
+class CompareResult(IntEnum):
+    """etcd Compare.CompareResult."""
+    EQUAL = 0
+    GREATER = 1
+    LESS = 2
+    NOT_EQUAL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +73,12 @@ class Event:
 
     revision: int
     sub: int
-    kind: int  # 0 = PUT, 1 = DELETE (mvccpb.Event.EventType)
+    kind: EventKind
     kv: KeyValue
     prev_kv: KeyValue | None
+
+
+T = TypeVar("T")
 
 
 class StorageError(Exception):
@@ -88,8 +135,105 @@ class InternalError(StorageError):
     answers errors it has no code for); the datastore is fine, so it is not UNAVAILABLE."""
 
 
-class Backend(ABC):
-    """Read API shared with the periphery (maintenance servicer, /metrics, /health).
+class KV(ABC):
+    """etcd API v3 KV (rpc.proto), free of protobuf. Every method raises UnavailableError
+    when the datastore is unreachable and InternalError for a request's own failure."""
+
+    @abstractmethod
+    async def range(self, op: RangeOp) -> RangeResult:
+        """KV.Range (linearizable). Raises CompactedError, FutureRevisionError."""
+
+    @abstractmethod
+    async def put(self, op: PutOp) -> PutResult:
+        """KV.Put. Raises KeyNotFoundError (ignore_value/ignore_lease on a missing key),
+        LeaseNotFoundError."""
+
+    @abstractmethod
+    async def delete_range(self, op: DeleteOp) -> DeleteResult:
+        """KV.DeleteRange."""
+
+    @abstractmethod
+    async def txn(self, op: TxnOp) -> TxnResult:
+        """KV.Txn. Raises the StorageError of a failing check (as Range and Put do)."""
+
+    @abstractmethod
+    async def compact(self, revision: int) -> int:
+        """KV.Compact (physical); returns the header revision. Raises CompactedError,
+        FutureRevisionError."""
+
+
+class Lease(ABC):
+    """etcd API v3 Lease. TTLs are seconds; the header revision comes last in each answer."""
+
+    @abstractmethod
+    async def lease_grant(self, ttl: int, lease_id: int = 0) -> tuple[int, int, int]:
+        """LeaseGrant (``lease_id`` 0 = choose one): (id, ttl, revision). Raises
+        LeaseExistsError, LeaseTTLTooLargeError."""
+
+    @abstractmethod
+    async def lease_revoke(self, lease_id: int) -> int:
+        """LeaseRevoke (its keys deleted at one revision): the revision. Raises LeaseNotFoundError."""
+
+    @abstractmethod
+    async def lease_keepalive(self, lease_id: int) -> tuple[int, int]:
+        """One LeaseKeepAlive: (ttl, revision); ttl 0 = not found."""
+
+    @abstractmethod
+    async def lease_time_to_live(self, lease_id: int, keys: bool) -> tuple[int, int, list[bytes], int]:
+        """LeaseTimeToLive: (remaining seconds or -1 = not found, granted TTL, attached keys
+        if ``keys``, revision)."""
+
+    @abstractmethod
+    async def leases(self) -> tuple[list[int], int]:
+        """LeaseLeases: (ids, revision)."""
+
+
+class Subscription(ABC):
+    """One watcher's events: an async iterator of ``(events, revision)`` batches in revision
+    order, each event once (``revision``: the header revision to send them with). Iteration
+    raises CompactedError when compaction removed events it still needed (etcd cancels the
+    watch with that compact revision)."""
+
+    def __aiter__(self):
+        return self
+
+    @abstractmethod
+    async def __anext__(self) -> tuple[list[Event], int]:
+        """The next batch."""
+
+    @property
+    @abstractmethod
+    def synced(self) -> bool:
+        """True when every event up to :meth:`Watch.watch_revision` has been taken."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """End the subscription."""
+
+
+class Watch(ABC):
+    """etcd API v3 Watch: subscriptions and progress."""
+
+    @abstractmethod
+    def subscribe(self, key: bytes, range_end: bytes, start_revision: int, prev_kv: bool,
+                  filters: frozenset[EventKind]) -> Subscription:
+        """Events of etcd's range (``key``, ``range_end``) from ``start_revision`` on, with
+        prev_kv if asked, without the kinds in ``filters``."""
+
+    @abstractmethod
+    def watch_revision(self) -> int:
+        """The revision up to which every event has been handed to the subscriptions."""
+
+    @abstractmethod
+    async def watch_progress(self) -> int:
+        """Wait until every event up to the store revision has been handed to the
+        subscriptions; returns :meth:`watch_revision` (etcd's progress notification)."""
+
+
+class Backend(KV, Lease, Watch):
+    """The storage interface the gRPC servicers are written against: :class:`KV`,
+    :class:`Lease`, :class:`Watch`, and the revisions and reads the periphery uses
+    (maintenance servicer, /metrics, /health) below.
 
     All methods are coroutines; they raise ``ConnectionError`` subclasses or psycopg
     ``OperationalError`` when the database is unreachable.
@@ -137,6 +281,34 @@ class Backend(ABC):
         snapshot. Raises UnavailableError (not retried)."""
 
 
+    async def snapshot_scan(self, produce: Callable[[SnapshotScan, Callable[[], AsyncIterator[list[Event]]]],
+                                                    Awaitable[T]]) -> T:
+        """Run ``await produce(scan, versions)`` inside one read-only snapshot of the store
+        (etcd API v3 Maintenance.Snapshot) and return its result. ``scan`` has the store
+        revision, compact revision and leases; each call of ``versions()`` iterates, in
+        batches in (revision, sub) order, every version etcd's backend would hold in its
+        ``key`` bucket, the same each time (a writer can lay the file out in one pass and
+        stream it in a second, without a temporary file).
+
+        The versions are the stored history (see :meth:`stored_state`) without the deletes at
+        or below the compact revision (etcd's compaction removes those tombstones). A delete's
+        event carries only its key. Not abstract, so other backends keep working: the default
+        raises NotImplementedError. Raises UnavailableError (not retried), and what
+        ``produce`` raises.
+        """
+        raise NotImplementedError("this backend cannot take snapshots")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotScan:
+    """What :meth:`Backend.snapshot_scan` read besides the versions: the store ``revision``,
+    ``compact_revision`` (0 = never compacted) and ``leases`` as (ID, granted TTL seconds) in ID order."""
+
+    revision: int
+    compact_revision: int
+    leases: list[tuple[int, int]]
+
+
 @dataclass(frozen=True, slots=True)
 class HashKVScan:
     """Revisions of one :meth:`Backend.hash_kv_events` snapshot: the store ``revision``,
@@ -167,7 +339,8 @@ def in_range(key: bytes, start: bytes, range_end: bytes) -> bool:
 @dataclass(slots=True)
 class RangeOp:
     """etcd API v3 KV.Range. ``range_end`` b"" = one key, b"\\0" = every key >= ``key``;
-    ``revision`` 0 = current; sort_order/sort_target are RangeRequest's enum values."""
+    ``revision`` 0 = current; sort_order/sort_target are :class:`SortOrder`/:class:`SortTarget`
+    (another number: one etcd does not know, which it treats as no sort / the key)."""
 
     key: bytes
     range_end: bytes = b""
@@ -233,7 +406,8 @@ class DeleteResult:
 
 @dataclass(slots=True)
 class Compare:
-    """One etcd Compare: ``target`` and ``result`` are Compare's enum values; ``operand`` is
+    """One etcd Compare: ``target`` and ``result`` are :class:`CompareTarget` and
+    :class:`CompareResult` (another number: one etcd does not know); ``operand`` is
     the target_union value, or None when the union holds another target (etcd then
     compares with 0 / b"")."""
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from k8s_sql.shim.storage.base import Compare, KeyValue, RangeOp
+from k8s_sql.shim.storage.base import Compare, CompareResult, CompareTarget, KeyValue, RangeOp, SortOrder, SortTarget
 
-# RangeRequest.SortOrder / SortTarget and Compare enums (rpc.proto)
-NONE, ASCEND, DESCEND = 0, 1, 2
-KEY, VERSION, CREATE, MOD, VALUE = 0, 1, 2, 3, 4
-C_EQUAL, C_GREATER, C_LESS, C_NOT_EQUAL = 0, 1, 2, 3
-CT_VERSION, CT_CREATE, CT_MOD, CT_VALUE, CT_LEASE = 0, 1, 2, 3, 4
+NONE, ASCEND, DESCEND = SortOrder.NONE, SortOrder.ASCEND, SortOrder.DESCEND
+KEY, VERSION, CREATE, MOD, VALUE = (SortTarget.KEY, SortTarget.VERSION, SortTarget.CREATE, SortTarget.MOD,
+                                    SortTarget.VALUE)
+C_EQUAL, C_GREATER, C_LESS, C_NOT_EQUAL = (CompareResult.EQUAL, CompareResult.GREATER, CompareResult.LESS,
+                                           CompareResult.NOT_EQUAL)
+CT_VERSION, CT_CREATE, CT_MOD, CT_VALUE, CT_LEASE = (CompareTarget.VERSION, CompareTarget.CREATE, CompareTarget.MOD,
+                                                     CompareTarget.VALUE, CompareTarget.LEASE)
 
 
 def needs_full_scan(op: RangeOp) -> bool:

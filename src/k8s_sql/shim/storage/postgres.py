@@ -18,15 +18,18 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from k8s_sql.shim.storage import mvcc, queries
+from k8s_sql.shim.aio import cancel_tasks
+from k8s_sql.shim.storage import queries
 from k8s_sql.shim.storage.apply import Applier, is_read_only
 from k8s_sql.shim.storage.base import (
-    Backend, CompactedError, DeleteOp, DeleteResult, FutureRevisionError, LeaseExistsError, LeaseNotFoundError,
+    Backend, CompactedError, DeleteOp, DeleteResult, FutureRevisionError, LeaseExistsError,
     InternalError, LeaseTTLTooLargeError, PutOp, PutResult, RangeOp, RangeResult, StorageError, TxnOp, TxnResult,
     UnavailableError)
-from k8s_sql.shim.storage.base import Event, HashKVScan
+from k8s_sql.shim.storage.base import Event, EventKind, HashKVScan, SnapshotScan
+from k8s_sql.shim.storage.batch import encode
+from k8s_sql.shim.storage.ranges import read_range
 from k8s_sql.shim.storage.schema import migrate
-from k8s_sql.shim.storage.watchhub import WatchHub, cancel_tasks
+from k8s_sql.shim.storage.watchhub import Subscription, WatchHub
 from k8s_sql.shim.storage.writer import Writer, datastore_failed, first_line
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,8 @@ async def _stream_events(conn, sql: str, params, consume: Callable[[list[Event]]
     as Events, ``batch`` at a time, without holding the whole result in memory."""
     events: list[Event] = []
     async for r in conn.cursor().stream(sql, params, size=batch):
-        events.append(Event(r[0], r[1], 1 if r[2] else 0, queries.kv_from_row(r, 3), None))
+        kind = EventKind.DELETE if r[2] else EventKind.PUT
+        events.append(Event(r[0], r[1], kind, queries.kv_from_row(r, 3), None))
         if len(events) >= batch:
             consume(events)
             events = []
@@ -72,13 +76,10 @@ class PostgresBackend(Backend):
         self.pool = AsyncConnectionPool(conninfo, min_size=2, max_size=max(pool_size, 3), open=False,
                                         kwargs={"autocommit": True}, name="k8s-sql",
                                         timeout=POOL_WAIT)
-        self.writer = Writer(self.pool, on_commit=self._committed)
         self.hub = WatchHub(self.pool, conninfo)
+        self.writer = Writer(self.pool, on_commit=self.hub.poke)
         self.lease_check_interval = lease_check_interval
         self._tasks: list[asyncio.Task] = []
-
-    def _committed(self, revision: int) -> None:
-        self.hub.poke(revision)
 
     async def open(self, timeout: float = 30.0) -> None:
         """Connect, migrate the schema, start the writer, watch hub and lease expiry.
@@ -138,32 +139,25 @@ class PostgresBackend(Backend):
     # --- Backend read API (maintenance, health, metrics) ---
 
     async def current_revision(self) -> int:
-        return (await self._one("SELECT revision FROM meta"))[0]
+        return (await self._one(queries.CURRENT_REVISION))[0]
 
     async def compact_revision(self) -> int:
-        return (await self._one("SELECT compact_revision FROM meta"))[0]
+        return (await self._one(queries.COMPACT_REVISION))[0]
 
     async def db_size_bytes(self) -> int:
-        row = await self._one("SELECT COALESCE(sum(pg_total_relation_size(c)), 0)::bigint FROM "
-                              "unnest(ARRAY['meta', 'log', 'kv', 'lease', 'schema_version']::regclass[]) c")
+        row = await self._one(queries.DB_SIZE)
         return int(row[0])
 
     async def ping(self) -> None:
-        await self._one("SELECT 1")
-
-    async def stats(self) -> dict:
-        """Numbers for ``k8s-sql status``: keys, log rows (revisions kept), leases, revisions."""
-        row = await self._one("SELECT (SELECT count(*) FROM kv), (SELECT count(*) FROM log), "
-                              "(SELECT count(*) FROM lease), revision, compact_revision FROM meta")
-        return {"keys": row[0], "log_rows": row[1], "leases": row[2], "revision": row[3], "compact_revision": row[4]}
+        await self._one(queries.PING)
 
     # --- consistency hashes (Maintenance.HashKV, Maintenance.Hash) ---
 
     async def hash_kv_events(self, revision: int, consume: Callable[[list[Event]], None]) -> HashKVScan:
         async def q(conn):
             async with conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                current, compact = await (await conn.execute("SELECT revision, compact_revision FROM meta")).fetchone()
+                await conn.execute(queries.SNAPSHOT)
+                current, compact = await (await conn.execute(queries.REVISIONS)).fetchone()
                 if 0 < revision <= compact:
                     raise CompactedError(compact)
                 if revision > current:
@@ -178,11 +172,34 @@ class PostgresBackend(Backend):
     async def stored_state(self, consume: Callable[[list[Event]], None]) -> tuple[int, list[tuple[int, int]]]:
         async def q(conn):
             async with conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                current = (await (await conn.execute("SELECT revision FROM meta")).fetchone())[0]
+                await conn.execute(queries.SNAPSHOT)
+                current = (await (await conn.execute(queries.CURRENT_REVISION)).fetchone())[0]
                 await _stream_events(conn, queries.ALL_LOG_ROWS, None, consume)
                 leases = await (await conn.execute(queries.ALL_LEASES)).fetchall()
                 return current, [(lid, ttl) for lid, ttl in leases]
+        return await self._read(q, retry=False)
+
+    # --- snapshot (Maintenance.Snapshot) ---
+
+    async def snapshot_scan(self, produce):
+        async def q(conn):
+            async with conn.transaction():
+                await conn.execute(queries.SNAPSHOT)
+                current, compact = await (await conn.execute(queries.REVISIONS)).fetchone()
+                leases = await (await conn.execute(queries.ALL_LEASES)).fetchall()
+                scan = SnapshotScan(current, compact, [(lid, ttl) for lid, ttl in leases])
+
+                async def versions(batch: int = 1000):
+                    events: list[Event] = []
+                    async for r in conn.cursor().stream(queries.SNAPSHOT_LOG_ROWS, {"compact": compact}, size=batch):
+                        kind = EventKind.DELETE if r[2] else EventKind.PUT
+                        events.append(Event(r[0], r[1], kind, queries.kv_from_row(r, 3), None))
+                        if len(events) >= batch:
+                            yield events
+                            events = []
+                    if events:
+                        yield events
+                return await produce(scan, versions)
         return await self._read(q, retry=False)
 
     # --- KV ---
@@ -192,42 +209,22 @@ class PostgresBackend(Backend):
 
         Raises CompactedError, FutureRevisionError, UnavailableError.
         """
-        historical = op.revision > 0
-        sql_limit = mvcc.sql_limit(op)
-        need_count = op.count_only or sql_limit > 0
-        sql = queries.range_with_meta(op.range_end, historical, mvcc.skip_values(op), sql_limit, need_count,
-                                      rows=not op.count_only)
-        params = {"key": op.key, "end": op.range_end, "rev": op.revision}
-
-        async def q(conn):
-            return await (await conn.execute(sql, params, prepare=True)).fetchall()
-        rows = await self._read(q)
-        revision, compact, count = rows[0][0], rows[0][1], rows[0][2]
-        if historical:
+        revision, compact, res = await self._read(lambda conn: read_range(conn, op))
+        if op.revision > 0:
             if op.revision > revision:
                 raise FutureRevisionError()
             if op.revision < compact:
                 raise CompactedError(compact)
-        if op.count_only:
-            return RangeResult(revision, [], False, count)
-        kvs = [queries.kv_from_row(r, 3) for r in rows if r[3] is not None]
-        if count is None:
-            count = len(kvs)
-        kvs, more = mvcc.finish_range(op, kvs)
-        return RangeResult(revision, kvs, more, count)
+        return res
 
     async def put(self, op: PutOp) -> PutResult:
         """etcd API v3 KV.Put. Raises KeyNotFoundError, LeaseNotFoundError, InternalError (a
         failure of this request's own), UnavailableError."""
-        return await self.writer.submit(lambda a: a.put(op))
+        return await self.writer.submit(encode(op))
 
     async def delete_range(self, op: DeleteOp) -> DeleteResult:
         """etcd API v3 KV.DeleteRange. Raises InternalError, UnavailableError."""
-        async def req(a: Applier):
-            res = await a.delete_range(op)
-            res.revision = a.view_revision
-            return res
-        return await self.writer.submit(req)
+        return await self.writer.submit(encode(op))
 
     async def txn(self, op: TxnOp) -> TxnResult:
         """etcd API v3 KV.Txn; read-only txns run in a REPEATABLE READ snapshot outside the
@@ -235,11 +232,11 @@ class PostgresBackend(Backend):
         if is_read_only(op):
             async def q(conn):
                 async with conn.transaction():
-                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    rev, compact = await (await conn.execute("SELECT revision, compact_revision FROM meta")).fetchone()
+                    await conn.execute(queries.SNAPSHOT)
+                    rev, compact = await (await conn.execute(queries.REVISIONS)).fetchone()
                     return await Applier(conn, rev, compact).txn(op)
             return await self._read(q)
-        return await self.writer.submit(lambda a: a.txn(op))
+        return await self.writer.submit(encode(op) or (lambda a: a.txn(op)))
 
     async def compact(self, revision: int) -> int:
         """etcd API v3 KV.Compact (physical). Returns the header revision.
@@ -250,6 +247,28 @@ class PostgresBackend(Backend):
             await a.compact(revision)
             return a.begin
         return await self.writer.submit(req)
+
+    # --- watch (etcd API v3 Watch) ---
+
+    def subscribe(self, key: bytes, range_end: bytes, start_revision: int, prev_kv: bool,
+                  filters: frozenset[EventKind]) -> Subscription:
+        """Events of etcd's range (``key``, ``range_end``) from ``start_revision`` on, as a
+        :class:`~.watchhub.Subscription` (an async iterator; ``filters``: kinds not wanted)."""
+        return self.hub.subscribe(key, range_end, start_revision, prev_kv, filters)
+
+    def watch_revision(self) -> int:
+        """The revision up to which every event has been handed to the subscriptions."""
+        return self.hub.position
+
+    async def watch_progress(self) -> int:
+        """Wait (at most 5 s) until every event up to the store revision has been handed to
+        the subscriptions; return :meth:`watch_revision` (etcd's progress notification)."""
+        try:
+            target = await self.current_revision()
+        except StorageError:
+            target = self.hub.position  # PostgreSQL is down: the hub's view is the best we have
+        await self.hub.wait_for(target)
+        return self.hub.position
 
     # --- leases (etcd API v3 Lease) ---
 
@@ -264,10 +283,7 @@ class PostgresBackend(Backend):
         ttl = max(ttl, MIN_LEASE_TTL)
         for _ in range(5):
             lid = lease_id or random.randint(1, 2**63 - 1)
-            row = await self._one(
-                "WITH i AS (INSERT INTO lease (id, ttl, expires_at) VALUES (%(id)s, %(ttl)s, "
-                "clock_timestamp() + %(ttl)s * interval '1 second') ON CONFLICT (id) DO NOTHING RETURNING id) "
-                "SELECT (SELECT id FROM i), revision FROM meta", {"id": lid, "ttl": ttl})
+            row = await self._one(queries.LEASE_GRANT, {"id": lid, "ttl": ttl})
             if row[0] is not None:
                 return lid, ttl, row[1]
             if lease_id:
@@ -286,19 +302,13 @@ class PostgresBackend(Backend):
 
     async def lease_keepalive(self, lease_id: int) -> tuple[int, int]:
         """Renew a lease to its full TTL. Returns (ttl, header revision); ttl 0 = not found."""
-        row = await self._one(
-            "WITH u AS (UPDATE lease SET expires_at = clock_timestamp() + ttl * interval '1 second' "
-            "WHERE id = %(id)s AND expires_at > clock_timestamp() RETURNING ttl) "
-            "SELECT (SELECT ttl FROM u), revision FROM meta", {"id": lease_id})
+        row = await self._one(queries.LEASE_KEEPALIVE, {"id": lease_id})
         return (row[0] or 0), row[1]
 
     async def lease_time_to_live(self, lease_id: int, keys: bool) -> tuple[int, int, list[bytes], int]:
         """Remaining seconds (truncated, -1 = not found), granted TTL, attached keys (if
         asked, in key order) and the header revision."""
-        row = await self._one(
-            "SELECT l.ttl, floor(extract(epoch FROM l.expires_at - clock_timestamp()))::bigint, m.revision, "
-            "CASE WHEN %(keys)s THEN ARRAY(SELECT key FROM kv WHERE lease = %(id)s ORDER BY key) END "
-            "FROM meta m LEFT JOIN lease l ON l.id = %(id)s", {"id": lease_id, "keys": keys})
+        row = await self._one(queries.LEASE_TIME_TO_LIVE, {"id": lease_id, "keys": keys})
         granted, remaining, revision, attached = row
         if granted is None or remaining < 0:
             return -1, 0, [], revision
@@ -307,9 +317,7 @@ class PostgresBackend(Backend):
     async def leases(self) -> tuple[list[int], int]:
         """IDs of all granted leases and the header revision (etcd Lease.LeaseLeases)."""
         async def q(conn):
-            rows = await (await conn.execute(
-                "SELECT m.revision, l.id FROM meta m LEFT JOIN lease l ON l.expires_at > clock_timestamp() "
-                "ORDER BY l.id")).fetchall()
+            rows = await (await conn.execute(queries.LEASES, prepare=True)).fetchall()
             return rows
         rows = await self._read(q)
         return [r[1] for r in rows if r[1] is not None], rows[0][0]
@@ -330,6 +338,5 @@ class PostgresBackend(Backend):
 
     @staticmethod
     async def _expired(conn) -> list[int]:
-        rows = await (await conn.execute(
-            "SELECT id FROM lease WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT 100")).fetchall()
+        rows = await (await conn.execute(queries.EXPIRED_LEASES, prepare=True)).fetchall()
         return [r[0] for r in rows]

@@ -1,4 +1,4 @@
-"""SQL text for reads of the ``kv`` and ``log`` tables (see :mod:`.schema`).
+"""All SQL of the shim's storage (see :mod:`.schema` for the tables and the batch write function).
 
 Every key range of the etcd API becomes one of three predicates, all index range scans on
 bytea (never ``LIKE``): one key, every key >= key (range_end b"\\0"), or [key, range_end).
@@ -16,6 +16,8 @@ heads, which only keys longer than the head can share, are sorted among themselv
 """
 
 from __future__ import annotations
+
+import functools
 
 from k8s_sql.shim.storage.base import FROM_KEY, KeyValue
 
@@ -104,17 +106,30 @@ def range_with_meta(range_end: bytes, historical: bool, keys_only: bool, limit: 
                     rows: bool) -> str:
     """One statement (so one snapshot) returning meta's revision and compact_revision, the
     total count (or NULL), and the rows: ``revision, compact_revision, count, <KV_COLUMNS>``.
-    Without rows, a single row with NULL kv columns comes back."""
+    Without rows, a single row with NULL kv columns comes back. A read at revision %(rev)s
+    >= %(now)s (NULL: meta's revision) is answered from ``kv``, older ones from ``log``."""
+    return _range_with_meta(_range_shape(range_end), historical, keys_only, limit, count, rows)
+
+
+def _range_shape(range_end: bytes) -> bytes:
+    # the SQL depends only on which of etcd's three range forms it is
+    return range_end if range_end in (b"", FROM_KEY) else b"\xff"
+
+
+@functools.lru_cache(maxsize=512)
+def _range_with_meta(range_end: bytes, historical: bool, keys_only: bool, limit: int, count: bool,
+                     rows: bool) -> str:
     if not historical:
         count_sql = f"({count_rows(range_end, False)})" if count else "NULL::bigint"
         inner = current_rows(range_end, keys_only, limit) if rows else ""
     else:
         # a read at the current revision (kube-apiserver's later list pages) is answered from
         # kv; only older revisions go through the log. Each branch runs only when chosen.
-        count_sql = (f"CASE WHEN %(rev)s >= m.revision THEN ({count_rows(range_end, False)}) "
+        now = "COALESCE(%(now)s::bigint, m.revision)"
+        count_sql = (f"CASE WHEN %(rev)s >= {now} THEN ({count_rows(range_end, False)}) "
                      f"ELSE ({count_rows(range_end, True)}) END") if count else "NULL::bigint"
-        cur = current_rows(range_end, keys_only, limit, "%(rev)s >= m.revision")
-        old = historical_rows(range_end, keys_only, limit, "%(rev)s < m.revision")
+        cur = current_rows(range_end, keys_only, limit, f"%(rev)s >= {now}")
+        old = historical_rows(range_end, keys_only, limit, f"%(rev)s < {now}")
         inner = f"({cur}) UNION ALL ({old})"
     if not rows:
         return f"SELECT m.revision, m.compact_revision, {count_sql} FROM meta m"
@@ -182,3 +197,175 @@ ALL_LOG_ROWS = f"SELECT {HASH_COLUMNS} FROM log ORDER BY revision, sub"
 
 #: Every granted lease (id, TTL in seconds), in id order (Maintenance.Hash).
 ALL_LEASES = "SELECT id, ttl FROM lease ORDER BY id"
+
+
+# --- migrate import (k8s-sql migrate: etcd's state copied into an empty datastore) ---
+
+#: Whether the datastore holds anything (one row): revision, compact_revision, and whether
+#: any log, kv or lease row exists. Locks meta, so no shim writes while the import runs.
+MIGRATE_STATE = ("SELECT revision, compact_revision, EXISTS (SELECT 1 FROM log), EXISTS (SELECT 1 FROM kv), "
+                 "EXISTS (SELECT 1 FROM lease) FROM meta FOR UPDATE")
+
+#: Bulk load of the history (psycopg COPY, text format).
+MIGRATE_COPY_LOG = ("COPY log (revision, sub, key, value, create_revision, version, lease, deleted) "
+                    "FROM STDIN")
+
+#: prev_revision as the shim's writes set it: a put points at the key's previous version
+#: unless that was a delete; a delete points at the put it ends.
+MIGRATE_PREV_REVISION = (
+    "UPDATE log l SET prev_revision = p.prev FROM ("
+    "SELECT revision, sub, CASE WHEN lag(deleted) OVER w THEN NULL ELSE lag(revision) OVER w END AS prev "
+    "FROM log WINDOW w AS (PARTITION BY key ORDER BY revision, sub)) p "
+    "WHERE l.revision = p.revision AND l.sub = p.sub AND p.prev IS NOT NULL")
+
+#: kv from the log: each key's latest version, unless it is a delete.
+MIGRATE_FILL_KV = (
+    "INSERT INTO kv (key, value, create_revision, mod_revision, version, lease) "
+    "SELECT key, value, create_revision, revision, version, lease FROM ("
+    "SELECT DISTINCT ON (key) key, value, create_revision, revision, version, lease, deleted FROM log "
+    "ORDER BY key, revision DESC, sub DESC) h WHERE NOT deleted")
+
+#: Leases arrive with their remaining TTL; expires_at is PostgreSQL's clock plus it.
+MIGRATE_LEASE_STAGE = ("CREATE TEMP TABLE migrate_lease (id bigint, ttl bigint, remaining bigint) "
+                       "ON COMMIT DROP")
+MIGRATE_COPY_LEASE = "COPY migrate_lease (id, ttl, remaining) FROM STDIN"
+MIGRATE_INSERT_LEASES = ("INSERT INTO lease (id, ttl, expires_at) "
+                         "SELECT id, ttl, clock_timestamp() + remaining * interval '1 second' FROM migrate_lease")
+#: A key whose lease etcd no longer has (it expired while migrating): an expired lease, so
+#: the shim deletes the key as etcd has.
+MIGRATE_ORPHAN_LEASES = ("INSERT INTO lease (id, ttl, expires_at) "
+                         "SELECT DISTINCT lease, 1, clock_timestamp() FROM kv "
+                         "WHERE lease <> 0 AND lease NOT IN (SELECT id FROM lease)")
+
+MIGRATE_SET_META = "UPDATE meta SET revision = %(rev)s, compact_revision = %(compact)s"
+
+#: Verification: live keys and leases.
+MIGRATE_COUNTS = "SELECT (SELECT count(*) FROM kv), (SELECT count(*) FROM lease)"
+
+#: What a compaction at %(compact)s leaves below it, for a source that still holds more (a
+#: snapshot taken while etcd compacted, or before): each key's latest version at or below
+#: the compact revision, unless it is a delete.
+MIGRATE_TRIM_COMPACTED = (
+    "DELETE FROM log l WHERE l.revision <= %(compact)s AND (l.deleted OR EXISTS (SELECT 1 FROM log n "
+    f"WHERE {same_key('n.key', 'l.key')} AND n.revision <= %(compact)s AND (n.revision, n.sub) > (l.revision, l.sub)))")
+
+#: ``k8s-sql restore --bump-revision``: as etcd's ``snapshot restore --bump-revision
+#: --mark-compacted``: the store revision moves past any revision a client has seen and the
+#: history up to it counts as compacted, so every watch and every read at an old revision
+#: fails with "compacted" and clients relist. Run after MIGRATE_TRIM_COMPACTED at the restored revision.
+RESTORE_BUMP_REVISION = "UPDATE meta SET revision = revision + %(bump)s, compact_revision = revision + %(bump)s"
+#: After a restore, every lease gets its full TTL again (etcd does the same when it restores
+#: or elects a leader: lease expiry restarts).
+RESTORE_RENEW_LEASES = "UPDATE lease SET expires_at = clock_timestamp() + ttl * interval '1 second'"
+
+
+# --- the write path (storage/writer.py, storage/batch.py) ---
+
+#: LISTEN/NOTIFY channel announcing new revisions (the batch function of schema migration 4
+#: spells it too): the payload is the new store revision.
+NOTIFY_CHANNEL = "k8s_sql_revision"
+LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
+
+#: One batch of encoded Put/DeleteRange/guarded Txn requests (schema migration 4): rows of
+#: i (1-based request, 0 = the summary), code, rev, ok, n, KV_COLUMNS, err — see schema.py.
+WRITE_BATCH = ("SELECT * FROM k8s_sql_write_v1(%s::smallint[], %s::bytea[], %s::bytea[], %s::bytea[], "
+               "%s::bigint[], %s::int[], %s::smallint[], %s::smallint[], %s::bigint[], %s::bytea[], "
+               "%s::smallint[], %s::smallint[], %s::boolean)")
+#: The revision counter, locked for the writer's transaction (orders every shim's batches).
+LOCK_META = "SELECT revision, compact_revision FROM meta FOR UPDATE"
+SET_REVISION = "UPDATE meta SET revision = %(rev)s"
+#: One round trip for both (a data-modifying CTE runs even when unreferenced).
+SET_REVISION_NOTIFY = "WITH m AS (UPDATE meta SET revision = %(rev)s) SELECT pg_notify(%(channel)s, %(payload)s)"
+
+
+# --- snapshot (etcd API v3 Maintenance.Snapshot) ---
+
+#: The log rows etcd's ``key`` bucket would hold, in (revision, sub) order: every stored
+#: row except the deletes at or below %(compact)s (etcd's compaction removes those
+#: tombstones; the shim keeps the one at the compact revision).
+SNAPSHOT_LOG_ROWS = (f"SELECT {HASH_COLUMNS} FROM log WHERE NOT (deleted AND revision <= %(compact)s) "
+                     "ORDER BY revision, sub")
+
+
+# --- the general write path (storage/apply.py: txns the batch function does not take,
+# compaction, lease revoke) ---
+
+#: kv's unique index (schema migration 3): the key's head and, for longer keys, its SHA-256.
+KV_KEY_INDEX = (f"({key_head('key')}), (CASE WHEN octet_length(key) > {KEY_HEAD_BYTES} "
+                "THEN sha256(key) ELSE ''::bytea END)")
+
+#: etcd KV.Put of one key at %(rev)s/%(sub)s (the general path, storage/apply.py); returns the previous kv.
+PUT = f"""
+WITH p AS (SELECT key, value, create_revision, mod_revision, version, lease FROM kv WHERE {key_predicate(b"")}),
+n AS (SELECT CASE WHEN %(iv)s THEN p.value ELSE %(value)s::bytea END AS value,
+             COALESCE(p.create_revision, %(rev)s::bigint) AS create_revision,
+             COALESCE(p.version, 0) + 1 AS version,
+             CASE WHEN %(il)s THEN p.lease ELSE %(lease)s::bigint END AS lease,
+             p.mod_revision AS prev_revision
+      FROM (SELECT 1) one LEFT JOIN p ON true),
+l AS (INSERT INTO log (revision, sub, key, value, create_revision, version, lease, deleted, prev_revision)
+      SELECT %(rev)s, %(sub)s, %(key)s, value, create_revision, version, lease, false, prev_revision FROM n),
+u AS (INSERT INTO kv (key, value, create_revision, mod_revision, version, lease)
+      SELECT %(key)s, value, create_revision, %(rev)s, version, lease FROM n
+      ON CONFLICT ({KV_KEY_INDEX}) DO UPDATE SET value = EXCLUDED.value, mod_revision = EXCLUDED.mod_revision,
+          version = EXCLUDED.version, lease = EXCLUDED.lease)
+SELECT key, value, create_revision, mod_revision, version, lease FROM p
+"""
+
+
+#: Compaction, step 1: delete each version that a version in (%(from)s, %(rev)s] superseded.
+COMPACT_SUPERSEDED = (
+    "DELETE FROM log l USING log n WHERE n.revision > %(from)s AND n.revision <= %(rev)s "
+    f"AND n.prev_revision IS NOT NULL AND l.revision = n.prev_revision AND {same_key('l.key', 'n.key')}")
+#: Compaction, step 2: delete the tombstones below %(rev)s.
+COMPACT_TOMBSTONES = "DELETE FROM log WHERE deleted AND revision >= %(from)s AND revision < %(rev)s"
+
+
+def delete_rows(predicate: str, returning: bool) -> str:
+    """Delete the live keys matching ``predicate`` at %(rev)s, numbered from %(sub)s in key
+    order (a tombstone each in ``log``); rows of the deleted kvs if ``returning``, else the count."""
+    tail = ("SELECT key, value, create_revision, mod_revision, version, lease FROM d ORDER BY key" if returning
+            else "SELECT count(*) FROM d")
+    return f"""
+WITH d AS (DELETE FROM kv WHERE {predicate} RETURNING key, value, create_revision, mod_revision, version, lease),
+l AS (INSERT INTO log (revision, sub, key, value, create_revision, version, lease, deleted, prev_revision)
+      SELECT %(rev)s, %(sub)s + (row_number() OVER (ORDER BY key))::int - 1, key, ''::bytea, 0, 0, 0, true,
+             mod_revision FROM d)
+{tail}
+"""
+#: Compaction, step 3.
+SET_COMPACT_REVISION = "UPDATE meta SET compact_revision = %(rev)s"
+#: Keys attached to lease %(lease)s (a predicate for :func:`delete_rows`).
+LEASE_KEYS = "lease = %(lease)s"
+LEASE_EXISTS = "SELECT 1 FROM lease WHERE id = %(id)s"
+REVOKE = "DELETE FROM lease WHERE id = %(id)s RETURNING id"
+#: Revoke only if still expired in this transaction (another shim may have renewed it).
+REVOKE_EXPIRED = "DELETE FROM lease WHERE id = %(id)s AND expires_at <= clock_timestamp() RETURNING id"
+
+
+# --- meta and leases (storage/postgres.py, storage/watchhub.py) ---
+
+CURRENT_REVISION = "SELECT revision FROM meta"
+COMPACT_REVISION = "SELECT compact_revision FROM meta"
+REVISIONS = "SELECT revision, compact_revision FROM meta"
+DB_SIZE = ("SELECT COALESCE(sum(pg_total_relation_size(c)), 0)::bigint FROM "
+           "unnest(ARRAY['meta', 'log', 'kv', 'lease', 'schema_version']::regclass[]) c")
+PING = "SELECT 1"
+SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+#: Grant lease %(id)s of %(ttl)s seconds unless the ID is taken: (id or NULL, revision).
+LEASE_GRANT = ("WITH i AS (INSERT INTO lease (id, ttl, expires_at) VALUES (%(id)s, %(ttl)s, "
+               "clock_timestamp() + %(ttl)s * interval '1 second') ON CONFLICT (id) DO NOTHING RETURNING id) "
+               "SELECT (SELECT id FROM i), revision FROM meta")
+#: Renew lease %(id)s unless expired: (ttl or NULL, revision).
+LEASE_KEEPALIVE = ("WITH u AS (UPDATE lease SET expires_at = clock_timestamp() + ttl * interval '1 second' "
+                   "WHERE id = %(id)s AND expires_at > clock_timestamp() RETURNING ttl) "
+                   "SELECT (SELECT ttl FROM u), revision FROM meta")
+#: (granted TTL, remaining seconds, revision, attached keys if %(keys)s) of lease %(id)s.
+LEASE_TIME_TO_LIVE = (
+    "SELECT l.ttl, floor(extract(epoch FROM l.expires_at - clock_timestamp()))::bigint, m.revision, "
+    "CASE WHEN %(keys)s THEN ARRAY(SELECT key FROM kv WHERE lease = %(id)s ORDER BY key) END "
+    "FROM meta m LEFT JOIN lease l ON l.id = %(id)s")
+#: (revision, id) of every granted lease, in id order (one row with a NULL id when none).
+LEASES = ("SELECT m.revision, l.id FROM meta m LEFT JOIN lease l ON l.expires_at > clock_timestamp() "
+          "ORDER BY l.id")
+EXPIRED_LEASES = "SELECT id FROM lease WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT 100"

@@ -8,9 +8,11 @@ connection), on a direct poke from this process's writer, and every ``poll_inter
 seconds as a fallback; after a PostgreSQL restart it reconnects and continues from its
 position, so watchers lose nothing.
 
-A watcher starting at an older revision first catches up from the log (:meth:`catch_up`)
-while the hub buffers its live events; then the buffer is flushed and it is synced. If
-compaction overtakes a watcher, it is cancelled with the compact revision, as etcd does.
+Watchers are :class:`Subscription` objects (:meth:`WatchHub.subscribe`), async iterators
+of event batches, so the gRPC layer only translates them to protobuf. A watcher starting at
+an older revision first catches up from the log (:meth:`catch_up`) while the hub buffers its
+live events; then the buffer is flushed and it is synced. If compaction overtakes a watcher,
+its iteration raises CompactedError with the compact revision (etcd cancels the watch).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Protocol
 
 import psycopg
 
-from k8s_sql.shim.storage import queries
-from k8s_sql.shim.storage.base import CompactedError, Event, KeyValue, in_range
-from k8s_sql.shim.storage.writer import NOTIFY_CHANNEL
+from k8s_sql.shim.aio import cancel_tasks, wait_event
+from k8s_sql.shim.storage import base, queries
+from k8s_sql.shim.storage.base import CompactedError, Event, EventKind, KeyValue, in_range
 
 log = logging.getLogger(__name__)
 
@@ -33,44 +35,74 @@ _MAX_REV = 2**63 - 1
 
 
 class Watcher(Protocol):
-    """What the hub needs from a watcher (the gRPC layer implements it).
+    """What the hub needs from a watcher (a :class:`Subscription`).
 
     key/range_end: etcd's watch range (range_end b"" = one key, b"\\0" = from key);
-    start: first revision wanted; prev_kv; filters: set of WatchCreateRequest.FilterType.
+    start: first revision wanted; prev_kv; filters: the event kinds not wanted.
     """
 
     key: bytes
     range_end: bytes
     start: int
     prev_kv: bool
-    filters: set
+    filters: frozenset[EventKind]
 
     def deliver(self, events: list[Event], revision: int) -> None:
         """Queue events (ascending revision) for the client; ``revision`` = header revision."""
 
     def compacted(self, compact_revision: int) -> None:
-        """The watcher fell behind compaction: cancel it with ``compact_revision``."""
+        """The watcher fell behind compaction: it ends with ``compact_revision``."""
 
 
-async def cancel_tasks(tasks: list[asyncio.Task]) -> None:
-    """Cancel background tasks and wait until they are gone (their errors are moot now)."""
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        try:
-            await t
-        except (asyncio.CancelledError, Exception):
-            pass
+class Subscription(base.Subscription):
+    """One watcher's events (etcd API v3 Watch), made by :meth:`WatchHub.subscribe`: an
+    async iterator of ``(events, revision)`` batches in revision order, each event once,
+    ``revision`` being the header revision to send them with. Iteration raises
+    CompactedError when compaction removed events it still needed (etcd then cancels the
+    watch with that compact revision). :meth:`close` ends it."""
 
+    def __init__(self, hub: "WatchHub", key: bytes, range_end: bytes, start: int, prev_kv: bool,
+                 filters: frozenset[EventKind]):
+        self.hub = hub
+        self.key, self.range_end, self.start, self.prev_kv, self.filters = key, range_end, start, prev_kv, filters
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self._closed = False
 
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    """Wait until ``event`` is set or ``seconds`` pass. (Not asyncio.wait_for: on Python 3.11
-    it can swallow a cancellation that comes as the event is set, and the hub never stops.)"""
-    try:
-        async with asyncio.timeout(seconds):
-            await event.wait()
-    except TimeoutError:
-        pass
+    def deliver(self, events: list[Event], revision: int) -> None:
+        self._queue.put_nowait((events, revision))
+
+    def compacted(self, compact_revision: int) -> None:
+        self.hub.remove(self)
+        self._queue.put_nowait(CompactedError(compact_revision))
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> tuple[list[Event], int]:
+        item = await self._queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, CompactedError):
+            raise item
+        return item
+
+    @property
+    def synced(self) -> bool:
+        """True when every event up to the hub's position has been taken from the iterator
+        (no catch-up from the log pending, nothing queued)."""
+        return self.hub.is_synced(self) and self._queue.empty()
+
+    def close(self) -> None:
+        """Stop the subscription (the client cancelled the watch or the stream ended): the
+        iteration ends."""
+        if self._closed:
+            return
+        self._closed = True
+        self.hub.remove(self)
+        if self._task is not None:
+            self._task.cancel()
+        self._queue.put_nowait(None)
 
 
 def select(w: Watcher, events: list[Event]) -> list[Event]:
@@ -93,7 +125,7 @@ def event_from_row(row, offset: int = 2) -> Event:
     else:
         kv = KeyValue(key, bytes(value), create, rev, version, lease)
     prev = KeyValue(key, bytes(pvalue), pcreate, pmod, pversion, plaese) if pmod is not None else None
-    return Event(rev, sub, 1 if deleted else 0, kv, prev)
+    return Event(rev, sub, EventKind.DELETE if deleted else EventKind.PUT, kv, prev)
 
 
 class WatchHub:
@@ -129,11 +161,45 @@ class WatchHub:
         """Stop the hub's tasks."""
         await cancel_tasks(self._tasks)
 
-    def poke(self, revision: int | None = None) -> None:
-        """Wake the tail now (called by this process's writer after a commit)."""
-        self._wake.set()
+    def poke(self, revision: int) -> None:
+        """This process's writer committed up to ``revision``. With no watcher the hub only
+        moves its position (commit order is revision order: nothing below it is missing),
+        saving a read per write; else it wakes the tail to read the new events."""
+        if self.watchers:
+            self._wake.set()
+        elif revision > self.position:
+            self.position = revision
+            self._advanced.set()
 
     # --- registration ---
+
+    def subscribe(self, key: bytes, range_end: bytes, start: int, prev_kv: bool,
+                  filters: frozenset[EventKind]) -> Subscription:
+        """A :class:`Subscription` to the events in etcd's range (``key``, ``range_end``)
+        from revision ``start`` on, older ones read from the log first (retried while
+        PostgreSQL is unreachable), with prev_kv if asked, without the ``filters`` kinds."""
+        sub = Subscription(self, key, range_end, start, prev_kv, filters)
+        upto = self.add(sub)
+        if start <= upto:
+            sub._task = asyncio.get_running_loop().create_task(self._catch_up(sub, upto))
+        return sub
+
+    async def _catch_up(self, sub: Subscription, upto: int) -> None:
+        while True:
+            try:
+                await self.catch_up(sub, upto)
+                break
+            except CompactedError as e:
+                sub.compacted(e.compact_revision)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # PostgreSQL unavailable: retry, the watcher keeps its place
+                log.warning("watch catch-up failed (%s); retrying", e)
+                await asyncio.sleep(0.5)
+                if sub not in self.watchers:
+                    return
+        self.synced(sub)
 
     def add(self, w: Watcher) -> int:
         """Register ``w``. Returns the hub position X: if ``w.start <= X`` the caller must
@@ -191,7 +257,7 @@ class WatchHub:
             if remaining <= 0:
                 return False
             self._advanced.clear()
-            await _wait(self._advanced, min(remaining, 0.1))
+            await wait_event(self._advanced, min(remaining, 0.1))
         return True
 
     # --- tailing ---
@@ -202,7 +268,7 @@ class WatchHub:
             try:
                 conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
                 async with conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    await conn.execute(queries.LISTEN)
                     delay = 0.2
                     self._wake.set()  # catch up on whatever happened while we were away
                     async for n in conn.notifies():
@@ -218,7 +284,7 @@ class WatchHub:
 
     async def _tail(self) -> None:
         while True:
-            await _wait(self._wake, self.poll_interval)
+            await wait_event(self._wake, self.poll_interval)
             self._wake.clear()
             try:
                 await self._fetch()
@@ -232,7 +298,7 @@ class WatchHub:
     async def _fetch(self) -> None:
         if not self.watchers:  # nobody to deliver to: just move along with the store revision
             async with self.pool.connection() as conn:
-                revision = (await (await conn.execute("SELECT revision FROM meta", prepare=True)).fetchone())[0]
+                revision = (await (await conn.execute(queries.CURRENT_REVISION, prepare=True)).fetchone())[0]
             if not self.watchers:  # a watcher added meanwhile needs the events: read them below
                 if revision > self.position:
                     self.position = revision

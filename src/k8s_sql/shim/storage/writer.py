@@ -1,21 +1,28 @@
 """Group commit: concurrent write requests share one PostgreSQL transaction.
 
-One writer task per shim process drains a queue of pending requests. For each batch it
-opens a transaction, locks the ``meta`` row (the revision counter — this also orders the
-batches of every other shim process on the database), applies the requests one after
-another, each at its own revision and seeing the effects of the ones before, writes the new
-revision, sends ``pg_notify`` (delivered to every shim's watch hub on commit) and commits
-once: one fsync for the whole batch. Answers go out only after the commit, so an
+One writer task per shim process drains a queue of pending requests. Each batch is one
+transaction: it locks the ``meta`` row (the revision counter — this also orders the batches
+of every other shim process on the database, old shims' included), applies the requests
+one after another, each at its own revision and seeing the effects of the ones before,
+writes the new revision, sends ``pg_notify`` (delivered to every shim's watch hub on commit)
+and commits once: one fsync for the whole batch. Answers go out only after the commit, so an
 acknowledged write is durable.
+
+Put, DeleteRange and kube-apiserver's guarded txns (:mod:`.batch`) are applied by the
+database function of schema migration 4: a batch of only those is one statement, so one
+round trip, with no per-request SQL from Python. Any other request (a general txn,
+compaction, a lease revoke) runs through an :class:`~.apply.Applier` in an explicit
+transaction, in which runs of the former still go to the function together.
 
 A request fails alone. Requests check everything etcd refuses before they write, so a
 refused one (a StorageError such as a missing lease) leaves no trace and the batch goes on.
 Any other failure of a request — a SQL error of its own, or a bug in its handling — leaves
 the transaction unusable: it is rolled back and the batch runs again without that request,
 which is answered with :class:`InternalError` (etcd's UNKNOWN); the others commit as if it
-had not been there. After :data:`MAX_RERUNS` such reruns the batch runs with a savepoint
-around each request instead, so a batch full of failing requests costs at most that. Only
-when the datastore itself fails (see :func:`datastore_failed`) does the whole batch fail,
+had not been there. (The batch function catches such a failure itself, undoes the batch and
+names the request.) After :data:`MAX_RERUNS` such reruns the batch runs with a savepoint (a
+subtransaction inside the function) around each request instead, so a batch full of failing
+requests costs at most that. Only when the datastore itself fails (see :func:`datastore_failed`) does the whole batch fail,
 with :class:`UnavailableError`, the code clients retry; nothing of the batch is stored then.
 """
 
@@ -28,13 +35,13 @@ from typing import Any
 
 import psycopg
 
+from k8s_sql.shim.storage import queries
 from k8s_sql.shim.storage.apply import Applier
-from k8s_sql.shim.storage.base import InternalError, StorageError, UnavailableError
+from k8s_sql.shim.storage.base import InternalError, KeyValue, StorageError, UnavailableError
+from k8s_sql.shim.storage.batch import FAILED, OK, Encoded, arrays, refusal
 
 log = logging.getLogger(__name__)
 
-#: LISTEN/NOTIFY channel announcing new revisions.
-NOTIFY_CHANNEL = "k8s_sql_revision"
 #: Most requests one transaction carries.
 MAX_BATCH = 256
 #: Reruns of a batch without its failed requests before it runs with a savepoint per request.
@@ -94,17 +101,16 @@ class Writer:
         on_commit: called with the new store revision after each commit that changed it
             (the local watch hub uses it to skip the NOTIFY round trip).
     Attributes:
-        batches, requests: committed batches and the requests they carried.
-        reruns: times a batch ran again without a failed request.
+        batches: committed batches; reruns: times a batch ran again without a failed
+            request (bench/isolation.py reads both).
     """
 
     def __init__(self, pool, on_commit: Callable[[int], None] | None = None):
         self.pool = pool
         self.on_commit = on_commit
-        self.queue: asyncio.Queue[tuple[Request, asyncio.Future]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[Request | Encoded, asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self.batches = 0
-        self.requests = 0
         self.reruns = 0
 
     def start(self) -> None:
@@ -124,8 +130,10 @@ class Writer:
             if not fut.done():
                 fut.set_exception(UnavailableError("shim is shutting down"))
 
-    async def submit(self, request: Request) -> Any:
-        """Run ``request(applier)`` in the next batch and return its result after the commit.
+    async def submit(self, request: Request | Encoded) -> Any:
+        """Run ``request`` in the next batch and return its result after the commit: an
+        :class:`~.batch.Encoded` request through the batch write function, a function
+        ``request(applier)`` through an :class:`~.apply.Applier`.
 
         Raises the request's StorageError (InternalError for any other failure of its own),
         or UnavailableError when the datastore failed.
@@ -169,10 +177,10 @@ class Writer:
                     fut.set_exception(UnavailableError("shim is shutting down"))
             raise
         self.batches += 1
-        self.requests += len(batch)
         if revision != start and self.on_commit:
             self.on_commit(revision)
-        for fut, ok, res in results:
+        for i, (ok, res) in enumerate(results):
+            fut = batch[i][1]
             if fut.done():
                 continue
             if ok:
@@ -182,33 +190,83 @@ class Writer:
 
     async def _transaction(self, batch, failed: dict[int, StorageError], savepoints: bool) -> tuple[list, int, int]:
         """Apply ``batch`` but the requests in ``failed`` in one transaction, each request in a
-        savepoint if ``savepoints``. Returns ([(future, ok, result or error)], revision after,
-        revision before). Raises _Failed (only without savepoints) or the datastore's error."""
-        results: list[tuple[asyncio.Future, bool, Any]] = []
+        savepoint (a subtransaction of the batch function) if ``savepoints``. Returns ([(ok,
+        result or error)] in batch order, revision after, revision before). Raises _Failed
+        (only without savepoints) or the datastore's error.
+
+        A batch of encoded requests only (the usual case) is one statement, so one round
+        trip and its own transaction; any other request makes it an explicit transaction
+        where runs of encoded requests still go to the function together.
+        """
+        results: list = [(False, failed[i]) if i in failed else None for i in range(len(batch))]
+        live = [i for i in range(len(batch)) if i not in failed]
+        if not live:
+            return results, 0, 0
         async with self.pool.connection() as conn:
+            if all(isinstance(batch[i][0], Encoded) for i in live):
+                revision, start = await self._call(conn, batch, live, results, savepoints)
+                return results, revision, start
             async with conn.transaction():
-                cur = await conn.execute("SELECT revision, compact_revision FROM meta FOR UPDATE", prepare=True)
+                cur = await conn.execute(queries.LOCK_META, prepare=True)
                 revision, compact = await cur.fetchone()
-                start = revision
-                for i, (req, fut) in enumerate(batch):
-                    if i in failed:
-                        results.append((fut, False, failed[i]))
+                start, dirty, j = revision, False, 0
+                while j < len(live):
+                    if isinstance(batch[live[j]][0], Encoded):
+                        run = []
+                        while j < len(live) and isinstance(batch[live[j]][0], Encoded):
+                            run.append(live[j])
+                            j += 1
+                        if dirty:  # the function takes the revision from meta
+                            await conn.execute(queries.SET_REVISION, {"rev": revision}, prepare=True)
+                            dirty = False
+                        revision, _ = await self._call(conn, batch, run, results, savepoints)
                         continue
+                    i = live[j]
+                    j += 1
                     applier = Applier(conn, revision, compact)
                     if savepoints:
-                        ok, res = await self._with_savepoint(conn, req, applier)
+                        ok, res = await self._with_savepoint(conn, batch[i][0], applier)
                     else:
-                        ok, res = await self._direct(conn, i, req, applier)
+                        ok, res = await self._direct(conn, i, batch[i][0], applier)
                     if ok:
                         if applier.changes:
                             revision += 1
+                            dirty = True
                         compact = applier.compact_revision
-                    results.append((fut, ok, res))
-                if revision != start:
-                    # one round trip for both (a data-modifying CTE runs even when unreferenced)
-                    await conn.execute("WITH m AS (UPDATE meta SET revision = %s) SELECT pg_notify(%s, %s)",
-                                       (revision, NOTIFY_CHANNEL, str(revision)), prepare=True)
+                    results[i] = (ok, res)
+                if dirty:
+                    await conn.execute(queries.SET_REVISION_NOTIFY, {"rev": revision, "channel": queries.NOTIFY_CHANNEL,
+                                                                     "payload": str(revision)}, prepare=True)
         return results, revision, start
+
+    @staticmethod
+    async def _call(conn, batch, indexes: list[int], results: list, isolate: bool) -> tuple[int, int]:
+        """Run the encoded requests ``batch[i] for i in indexes`` through the batch function
+        and fill their ``results``. Returns (revision after, revision before). Raises _Failed
+        for a request that failed alone when not ``isolate``."""
+        params = arrays([batch[i][0] for i in indexes], isolate)
+        rows = await (await conn.execute(queries.WRITE_BATCH, params, prepare=True)).fetchall()
+        kvs: list[KeyValue] = []
+        for i, code, rev, ok, n, *kv, err in rows:
+            if i == 0:  # the summary, always last
+                if any(results[j] is None for j in indexes):
+                    raise RuntimeError("the batch function left a request unanswered")
+                return rev, n
+            if code is None:  # a kv of the request answered next
+                kvs.append(KeyValue(bytes(kv[0]), bytes(kv[1]), kv[2], kv[3], kv[4], kv[5]))
+                continue
+            index = indexes[i - 1]
+            if code == OK:
+                results[index] = (True, batch[index][0].result(rev, ok, n, kvs))
+            elif code == FAILED:
+                error = _own_failure(err)
+                if not isolate:
+                    raise _Failed(index, error)
+                results[index] = (False, error)
+            else:
+                results[index] = (False, refusal(code))
+            kvs = []
+        raise RuntimeError("the batch function returned no summary")
 
     @staticmethod
     async def _direct(conn, index: int, req: Request, applier: Applier) -> tuple[bool, Any]:
@@ -236,8 +294,12 @@ class Writer:
             return False, _own_failure(e)
 
 
-def _own_failure(e: Exception) -> InternalError:
-    """Log a request's own failure (with the traceback of a bug) and make its answer."""
+def _own_failure(e: Exception | str) -> InternalError:
+    """Log a request's own failure (with the traceback of a bug; a string is the SQLSTATE
+    and message the batch function caught) and make its answer."""
+    if isinstance(e, str):
+        log.warning("a write request failed alone: %s", e)
+        return InternalError(f"request failed: {e}")
     if isinstance(e, psycopg.Error):
         log.warning("a write request failed alone: %s", first_line(e))
     else:
