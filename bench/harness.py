@@ -22,7 +22,7 @@ import time
 
 from bench import k8s_run, tooldriver
 from bench.report import Results
-from bench.services import EtcdServer, Shim, start_postgres
+from bench.services import EtcdServer, NoopServer, Shim, cpu_seconds, start_postgres
 from bench.tool import build_benchmark, etcd_source_version
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -59,6 +59,12 @@ def stop_all(shims, etcd, pg, work: str) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def git_version(root: str) -> str:
+    """``<short commit>``, plus " with uncommitted changes" when the work tree differs from it."""
+    dirty = _cmd(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"])
+    return _cmd(["git", "-C", root, "rev-parse", "--short", "HEAD"]) + (" with uncommitted changes" if dirty else "")
+
+
 def machine_info(args, pg, sizes) -> dict[str, str]:
     """Header facts: machine, versions, sizes, transport."""
     import grpc
@@ -79,10 +85,12 @@ def machine_info(args, pg, sizes) -> dict[str, str]:
         "benchmark tool": f"etcd {etcd_source_version()} tools/benchmark (Debian source, GOPATH build)",
         "PostgreSQL": pg.psql("SHOW server_version") + " (temp cluster, fsync=" + pg.psql("SHOW fsync") +
                       ", synchronous_commit=" + pg.psql("SHOW synchronous_commit") + ")",
-        "shim": f"k8s-sql @ {_cmd(['git', '-C', root, 'rev-parse', '--short', 'HEAD'])}, --workers "
+        "shim": f"k8s-sql @ {git_version(root)}, --workers "
                 f"{args.shim_workers}, Python {platform.python_version()}, grpcio {grpc.__version__}, "
                 f"psycopg {psycopg.__version__}",
         "transport": "loopback, plaintext gRPC (http://) for both etcd and the shim",
+        "no-op ceiling": f"bench/noop.py: etcd KV on grpc.aio + uvloop answering from memory, --workers "
+                         f"{args.shim_workers} (the shim's process model)",
         "mode": f"{'quick' if args.quick else 'full'}: {sizes}",
     }
 
@@ -114,35 +122,52 @@ def run(args) -> tuple[str, Results]:
         dsn = pg.create_database("kubernetes")
         pg.create_database("pgbench")
         extra = ["--compaction-interval", "0"]
-        shim = Shim(dsn, os.path.join(work, "shim-a.log"), args.shim_workers, extra).start()
+        workers = args.shim_workers
+        shim = Shim(dsn, os.path.join(work, "shim-a.log"), workers, extra).start()
         shim_b = Shim(dsn, os.path.join(work, "shim-b.log"), 1, extra).start()
-        shims = [shim, shim_b]
-        eps = {"etcd": etcd.endpoint.split("://", 1)[1], "shim": shim.endpoint}
+        noop = NoopServer("", os.path.join(work, "noop.log"), workers).start()
+        shims = [shim, shim_b, noop]
+        eps = {"etcd": etcd.endpoint.split("://", 1)[1], "shim": shim.endpoint, "noop": noop.endpoint}
+        pids = {"etcd": lambda: [etcd.proc.pid], "shim": shim.pids, "noop": noop.pids}
         res.meta = machine_info(args, pg, sizes)
+        if args.note:
+            res.meta["conditions"] = args.note
         range_key = b"/bench/range-key"
         for ep in eps.values():
             _put_key(ep, range_key)
         b = binary
-        workloads = [
-            ("put-1", lambda ep: {"put_1_p50_ms": (r := tooldriver.put(b, ep, sizes["put_1"], 1, 1))["p50"],
-                                  "put_1_rate": r["rate"]}),
-            ("put-64", lambda ep: {"put_64_rate": (r := tooldriver.put(b, ep, sizes["put_64"], 64, 8))["rate"],
-                                   "put_64_p99_ms": r["p99"]}),
-            ("txn-put-64", lambda ep: {"txn_put_64_rate": tooldriver.txn_put(b, ep, sizes["txn_64"], 64, 8)["rate"]}),
-            ("range-1", lambda ep: {"range_1_p50_ms": (r := tooldriver.range_one(
+        # (name, figure prefix, requests, fn): run on etcd, the shim and the no-op ceiling, with the
+        # server's CPU time per request (<prefix>_cpu_us) from /proc/<pid>/stat of all its processes
+        tool_workloads = [
+            ("put-1", "put_1", sizes["put_1"], lambda ep: {
+                "put_1_p50_ms": (r := tooldriver.put(b, ep, sizes["put_1"], 1, 1))["p50"], "put_1_rate": r["rate"]}),
+            ("put-64", "put_64", sizes["put_64"], lambda ep: {
+                "put_64_rate": (r := tooldriver.put(b, ep, sizes["put_64"], 64, 8))["rate"],
+                "put_64_p99_ms": r["p99"]}),
+            ("txn-put-64", "txn_put_64", sizes["txn_64"], lambda ep: {
+                "txn_put_64_rate": tooldriver.txn_put(b, ep, sizes["txn_64"], 64, 8)["rate"]}),
+            ("range-1", "range_1", sizes["range_1"], lambda ep: {"range_1_p50_ms": (r := tooldriver.range_one(
                 b, ep, range_key.decode(), sizes["range_1"], 1, 1))["p50"], "range_1_rate": r["rate"]}),
-            ("range-64", lambda ep: {"range_64_rate": tooldriver.range_one(
+            ("range-64", "range_64", sizes["range_64"], lambda ep: {"range_64_rate": tooldriver.range_one(
                 b, ep, range_key.decode(), sizes["range_64"], 64, 8)["rate"]}),
-            ("watch-latency", lambda ep: {"watch_p50_ms": (r := tooldriver.watch_latency(
-                b, ep, sizes["watch"], sizes["watch_rate"]))["p50"], "watch_p99_ms": r["p99"]}),
         ]
+        watch = lambda ep: {"watch_p50_ms": (r := tooldriver.watch_latency(  # noqa: E731
+            b, ep, sizes["watch"], sizes["watch_rate"]))["p50"], "watch_p99_ms": r["p99"]}
         for rnd in range(1, sizes["rounds"] + 1):
-            order = ["etcd", "shim"] if rnd % 2 else ["shim", "etcd"]
-            for name, fn in workloads:
+            order = ["etcd", "shim", "noop"][rnd % 3:] + ["etcd", "shim", "noop"][:rnd % 3]
+            for name, prefix, total, fn in tool_workloads:
                 for system in order:
                     log(f"round {rnd}: {name} on {system}")
+                    procs = pids[system]()
+                    c0 = cpu_seconds(procs)
                     for fig, v in fn(eps[system]).items():
                         res.add(system, fig, v)
+                    res.add(system, f"{prefix}_cpu_us", (cpu_seconds(procs) - c0) * 1e6 / total)
+            for system in [x for x in order if x != "noop"]:
+                log(f"round {rnd}: watch-latency on {system}")
+                for fig, v in watch(eps[system]).items():
+                    res.add(system, fig, v)
+            order = [x for x in order if x != "noop"]
             for system in order:
                 log(f"round {rnd}: watch across connections/processes on {system}")
                 w_ep, r_ep = (eps["etcd"], eps["etcd"]) if system == "etcd" else (shim_b.endpoint, shim.endpoint)
@@ -175,9 +200,13 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes, one round: proves the harness end to end")
     p.add_argument("--rounds", type=int, default=0, help="override the number of rounds")
-    p.add_argument("--shim-workers", type=int, default=1, help="--workers of the measured shim (default 1)")
+    p.add_argument("--shim-workers", default="auto",
+                   help="--workers of the measured shim and of the no-op ceiling (default auto, as the shim)")
     p.add_argument("--output", default="", help="directory for the .md/.csv/.png (default bench/results)")
+    p.add_argument("--note", default="", help="conditions of the run, written into the results")
     args = p.parse_args(argv)
+    from k8s_sql.shim.workers import parse_workers
+    args.shim_workers = parse_workers(args.shim_workers).workers
     # SIGTERM unwinds like Ctrl-C so etcd, the shims and PostgreSQL are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stem, res = run(args)

@@ -28,12 +28,17 @@ class Figure:
 FIGURES = [
     Figure("put_1_p50_ms", "ms", "put, 1 client: p50 latency", ("ratio", "<=", 2.0)),
     Figure("put_1_rate", "req/s", "put, 1 client: throughput"),
-    Figure("put_64_rate", "req/s", "put, 64 clients / 8 conns: throughput", ("ratio", ">=", 0.5)),
+    Figure("put_64_rate", "req/s", "put, 64 clients / 8 conns: throughput", ("ratio", ">=", 0.25)),
     Figure("put_64_p99_ms", "ms", "put, 64 clients: p99 latency"),
-    Figure("txn_put_64_rate", "req/s", "txn-put, 64 clients / 8 conns: throughput", ("ratio", ">=", 0.5)),
-    Figure("range_1_p50_ms", "ms", "range 1 key (linearizable), 1 client: p50 latency"),
+    Figure("txn_put_64_rate", "req/s", "txn-put, 64 clients / 8 conns: throughput", ("ratio", ">=", 0.35)),
+    Figure("range_1_p50_ms", "ms", "range 1 key (linearizable), 1 client: p50 latency", ("ratio", "<=", 3.0)),
     Figure("range_1_rate", "req/s", "range 1 key, 1 client: throughput"),
-    Figure("range_64_rate", "req/s", "range 1 key, 64 clients / 8 conns: throughput", ("ratio", ">=", 0.4)),
+    Figure("range_64_rate", "req/s", "range 1 key, 64 clients / 8 conns: throughput", ("ratio", ">=", 0.3)),
+    Figure("put_1_cpu_us", "µs", "put, 1 client: server CPU time per request"),
+    Figure("put_64_cpu_us", "µs", "put, 64 clients: server CPU time per request"),
+    Figure("txn_put_64_cpu_us", "µs", "txn-put, 64 clients: server CPU time per request"),
+    Figure("range_1_cpu_us", "µs", "range, 1 client: server CPU time per request"),
+    Figure("range_64_cpu_us", "µs", "range, 64 clients: server CPU time per request"),
     Figure("watch_p50_ms", "ms", "watch-latency (put to event), one process: p50"),
     Figure("watch_p99_ms", "ms", "watch-latency, one process: p99", ("shim", "<=", 10.0)),
     Figure("watch2_p50_ms", "ms", "watch latency, write via the other shim process: p50"),
@@ -77,6 +82,10 @@ NOTES = """## Notes
   on another process on the same database; for etcd, writer and watcher on two connections.
 - k8s run watcher lag: event received minus the write's acknowledgement (0 when earlier); the
   watcher runs in its own process, writers are 64 concurrent txns over 8 connections.
+- no-op ceiling: bench/noop.py, an etcd KV service on grpc.aio + uvloop that answers from memory,
+  with as many processes as the shim's --workers; the physical limit of a Python gRPC server.
+- server CPU time per request: user + system time of all the server's processes
+  (/proc/<pid>/stat) over the run, divided by the requests; independent of the core count.
 - pgbench runs one single-row INSERT (256-byte bytea) per transaction against the same
   PostgreSQL server, so "shim put / pgbench" is the share of PostgreSQL's ceiling the shim reaches.
 """
@@ -86,14 +95,18 @@ NOTES = """## Notes
 class Results:
     """All figures of one run; ``meta`` is the header (machine, versions, sizes)."""
     meta: dict[str, str] = field(default_factory=dict)
-    values: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {"etcd": {}, "shim": {}, "postgres": {}})
+    values: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: {"etcd": {}, "shim": {}, "postgres": {}, "noop": {}})
+    figures: list[Figure] = field(default_factory=lambda: list(FIGURES))
+    title: str = "k8s-sql shim vs etcd — benchmark run"
+    notes: str = ""
 
     def add(self, system: str, figure: str, value: float) -> None:
         self.values[system].setdefault(figure, []).append(float(value))
 
-    def ratios(self, figure: str) -> list[float]:
-        """shim/etcd per round (rounds where both exist)."""
-        e, s = self.values["etcd"].get(figure, []), self.values["shim"].get(figure, [])
+    def ratios(self, figure: str, base: str = "etcd") -> list[float]:
+        """shim/``base`` per round (rounds where both exist); ``base`` etcd or noop."""
+        e, s = self.values[base].get(figure, []), self.values["shim"].get(figure, [])
         return [b / a if a else math.nan for a, b in zip(e, s)]
 
     def fractions(self) -> list[tuple[str, list[float]]]:
@@ -118,26 +131,36 @@ class Results:
     def rows(self) -> list[dict[str, str]]:
         """Table rows: figure, unit, etcd/shim/ratio min-med-max, target, verdict."""
         rows = []
-        for f in FIGURES:
+        for f in self.figures:
             e, s, r = (_stats(self.values["etcd"].get(f.name, [])), _stats(self.values["shim"].get(f.name, [])),
                        _stats(self.ratios(f.name)))
+            n, rn = _stats(self.values["noop"].get(f.name, [])), _stats(self.ratios(f.name, "noop"))
             t = f"{f.target[0]} {f.target[1]} {f.target[2]:g}" if f.target else ""
             rows.append({"figure": f.name, "label": f.label, "unit": f.unit,
                          "etcd": " / ".join(_fmt(x) for x in e), "shim": " / ".join(_fmt(x) for x in s),
-                         "ratio": " / ".join(_fmt(x) for x in r), "target": t, "verdict": self.verdict(f)})
+                         "ratio": " / ".join(_fmt(x) for x in r), "target": t, "verdict": self.verdict(f),
+                         "noop": " / ".join(_fmt(x) for x in n) if self.values["noop"].get(f.name) else "",
+                         "noop_ratio": " / ".join(_fmt(x) for x in rn) if self.values["noop"].get(f.name) else ""})
         return rows
 
     def write_markdown(self, path: str) -> None:
-        lines = ["# k8s-sql shim vs etcd — benchmark run", ""]
+        lines = [f"# {self.title}", ""]
         lines += [f"- **{k}**: {v}" for k, v in self.meta.items()]
         lines += ["", "Each cell is min / median / max over the rounds. Ratio = shim / etcd, computed within "
                   "each round. Targets are floors: a ratio target applies to the median ratio, a `shim` target "
-                  "to the shim's median value.", "",
-                  "| figure | unit | etcd | shim | ratio shim/etcd | target | verdict |",
-                  "|---|---|---|---|---|---|---|"]
+                  "to the shim's median value." + (" The no-op ceiling (physical limit) is an etcd KV service on "
+                  "grpc.aio answering from memory in the shim's process model; shim/no-op is computed within "
+                  "each round too." if any(self.values["noop"].values()) else ""), "",
+                  "| figure | unit | etcd | shim | ratio shim/etcd | target | verdict | no-op ceiling | "
+                  "shim/no-op |", "|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows():
             lines.append(f"| {r['label']} (`{r['figure']}`) | {r['unit']} | {r['etcd']} | {r['shim']} | "
-                         f"{r['ratio']} | {r['target']} | {r['verdict']} |")
+                         f"{r['ratio']} | {r['target']} | {r['verdict']} | {r['noop']} | {r['noop_ratio']} |")
+        if not any(self.values["postgres"].values()):
+            lines += ["", self.notes]
+            with open(path, "w") as fh:
+                fh.write("\n".join(lines))
+            return
         lines += ["", "## PostgreSQL's own ceiling (pgbench, same server, same run)", "",
                   "| figure | unit | PostgreSQL (min / median / max) |", "|---|---|---|"]
         for f in PG_FIGURES:
@@ -154,14 +177,16 @@ class Results:
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["figure", "unit", "system", "round", "value"])
-            units = {f.name: f.unit for f in FIGURES + PG_FIGURES}
+            units = {f.name: f.unit for f in self.figures + PG_FIGURES}
             for system, figs in self.values.items():
                 for name, vals in figs.items():
                     for i, v in enumerate(vals, 1):
                         w.writerow([name, units.get(name, ""), system, i, repr(v)])
-            for f in FIGURES:
+            for f in self.figures:
                 for i, v in enumerate(self.ratios(f.name), 1):
                     w.writerow([f.name, "ratio", "ratio", i, repr(v)])
+                for i, v in enumerate(self.ratios(f.name, "noop"), 1):
+                    w.writerow([f.name, "ratio", "ratio_noop", i, repr(v)])
 
     @classmethod
     def from_csv(cls, path: str) -> "Results":
@@ -180,7 +205,7 @@ class Results:
         import matplotlib.pyplot as plt
 
         names, meds, lo, hi, colors, targets = [], [], [], [], [], []
-        for f in FIGURES:
+        for f in self.figures:
             mn, md, mx = _stats(self.ratios(f.name))
             if math.isnan(md) or md <= 0:
                 continue
@@ -188,7 +213,7 @@ class Results:
             meds.append(md)
             lo.append(md - mn)
             hi.append(mx - md)
-            lower_better = f.unit in ("ms", "s")
+            lower_better = f.unit in ("ms", "s", "µs")
             colors.append("#c0504d" if lower_better else "#4f81bd")
             targets.append(f.target[2] if f.target and f.target[0] == "ratio" else None)
         fig, ax = plt.subplots(figsize=(11, 0.45 * len(names) + 1.8))
@@ -198,13 +223,16 @@ class Results:
             if t:
                 ax.plot([t, t], [yi - 0.4, yi + 0.4], color="black", linewidth=2)
         for yi, m, h in zip(y, meds, hi):
-            ax.text((m + h) * 1.12, yi, f"{m:.2f}×", va="center", fontsize=8)
+            ax.text((m + h) * 1.05, yi, f"{m:.2f}×", va="center", fontsize=8)
         ax.set_yticks(y)
         ax.set_yticklabels(names, fontsize=8)
         ax.set_xscale("log")
+        if meds:  # room on the right for the labels
+            left = min(min(m - d for m, d in zip(meds, lo)), 1.0) / 1.5
+            ax.set_xlim(left, max(m + h for m, h in zip(meds, hi)) * 1.8)
         ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel("shim / etcd (median over rounds; whiskers min–max; black tick = target)")
-        ax.set_title("k8s-sql shim relative to etcd 3.4 — blue: throughput (higher is better), "
+        ax.set_title(f"{self.title}\nshim relative to etcd 3.4 — blue: throughput (higher is better), "
                      "red: time/latency (lower is better)", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=110)

@@ -23,7 +23,8 @@ from etcd_server import EtcdServer, free_port  # noqa: E402
 from pgcluster import TempPostgres  # noqa: E402
 from procs import stop_process  # noqa: E402
 
-__all__ = ["EtcdServer", "TempPostgres", "Shim", "free_port", "start_postgres"]
+__all__ = ["EtcdServer", "TempPostgres", "Shim", "NoopServer", "free_port", "start_postgres", "cpu_seconds",
+           "process_tree"]
 
 
 def start_postgres(base: str) -> TempPostgres:
@@ -59,13 +60,16 @@ class Shim:
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         ready = threading.Event()
         log = open(self.log_path, "a")
+        seen: list[str] = []
 
         def pump():
             for line in self.proc.stderr:
                 log.write(line)
                 log.flush()
                 if "k8s-sql shim ready" in line:
-                    ready.set()
+                    seen.append(line)
+                    if len(seen) >= self.workers:  # every worker process listens
+                        ready.set()
         threading.Thread(target=pump, daemon=True).start()
         deadline = time.monotonic() + timeout
         while not ready.wait(0.1):
@@ -78,3 +82,56 @@ class Shim:
 
     def stop(self) -> None:
         stop_process(self.proc, 15)
+
+    def pids(self) -> list[int]:
+        """The first process and its worker processes."""
+        return process_tree(self.proc.pid)
+
+
+class NoopServer(Shim):
+    """``python3 -m bench.noop`` (the no-op KV ceiling) with ``workers`` processes on one port."""
+
+    def start(self, timeout: float = 60.0) -> "NoopServer":
+        argv = [sys.executable, "-m", "bench.noop", "--listen", self.endpoint, "--workers", str(self.workers)]
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.path.join(ROOT, "src"))
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                                     cwd=ROOT)
+        n = 0
+        deadline = time.monotonic() + timeout
+        while n < self.workers:
+            line = self.proc.stderr.readline()
+            if not line or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"no-op server did not start: {line}")
+            n += "noop ready" in line
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        return self
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds so far of the processes ``pids`` (all their threads;
+    /proc/<pid>/stat utime + stime); a process that has gone counts 0."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -249,3 +250,117 @@ def test_unusable_tls_files_are_named_before_postgres_is_contacted(problem, shim
     assert r.returncode == 1, r.stderr
     assert f"error: {flag}:" in r.stderr and words in r.stderr
     assert "cannot reach PostgreSQL" not in r.stderr and "Traceback" not in r.stderr
+
+
+# --workers auto: the rule on fake cgroup files under a temp root (k8s_sql.shim.workers reads
+# <root>/proc/self/cgroup and <root>/sys/fs/cgroup/...), then a real shim started without --workers.
+
+def _fake_root(tmp_path, cgroup: str, files: dict[str, str]):
+    for rel, text in {"proc/self/cgroup": cgroup, **files}.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("cpu_max, cpus, want", [
+    ("max 100000\n", 8, 8),          # no quota: the CPUs available
+    ("200000 100000\n", 8, 2),       # a sidecar limited to 2 CPUs
+    ("150000 100000\n", 8, 2),       # 1.5 CPUs: rounded up
+    ("50000 100000\n", 8, 1),        # half a CPU: still one process
+    ("800000 100000\n", 2, 2),       # a quota above the machine: the machine
+])
+def test_workers_auto_follows_cgroup_v2_cpu_max(tmp_path, cpu_max, cpus, want):
+    from k8s_sql.shim.workers import auto_workers
+    root = _fake_root(tmp_path, "0::/kubepods/pod1/shim\n", {"sys/fs/cgroup/kubepods/pod1/shim/cpu.max": cpu_max})
+    assert auto_workers(root, cpus=cpus).workers == want
+
+
+def test_workers_auto_takes_the_smallest_quota_of_the_cgroup_and_its_parents(tmp_path):
+    from k8s_sql.shim.workers import auto_workers
+    root = _fake_root(tmp_path, "0::/pod/shim\n", {"sys/fs/cgroup/pod/cpu.max": "300000 100000\n",
+                                                    "sys/fs/cgroup/pod/shim/cpu.max": "max 100000\n"})
+    count = auto_workers(root, cpus=16)
+    assert count.workers == 3 and "cgroup v2 cpu.max" in count.reason
+
+
+def test_workers_auto_reads_cgroup_v1_cfs_quota(tmp_path):
+    from k8s_sql.shim.workers import auto_workers
+    root = _fake_root(tmp_path, "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n",
+                      {"sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "250000\n",
+                       "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n"})
+    count = auto_workers(root, cpus=8)
+    assert count.workers == 3 and "cgroup v1" in count.reason
+    # -1 = no quota (v1's "max")
+    (tmp_path / "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us").write_text("-1\n")
+    assert auto_workers(root, cpus=8).workers == 8
+
+
+def test_workers_auto_in_a_container_whose_cgroup_is_the_mount_root(tmp_path):
+    """A container's /proc/self/cgroup names the host's path, its mount is its own cgroup."""
+    from k8s_sql.shim.workers import auto_workers
+    root = _fake_root(tmp_path, "0::/system.slice/containerd/xyz\n", {"sys/fs/cgroup/cpu.max": "100000 100000\n"})
+    assert auto_workers(root, cpus=4).workers == 1
+
+
+def test_workers_auto_without_any_cgroup_uses_the_cpus(tmp_path):
+    from k8s_sql.shim.workers import auto_workers
+    assert auto_workers(str(tmp_path), cpus=3).workers == 3
+    assert auto_workers(_fake_root(tmp_path, "0::/\n", {"sys/fs/cgroup/cpu.max": "garbage"}), cpus=3).workers == 3
+
+
+def test_invalid_workers_is_a_usage_error():
+    for bad in ("0", "65", "many"):
+        r = run_cli("--workers", bad, "--datastore", "host=/nonexistent")
+        assert r.returncode == 2 and "--workers" in r.stderr and repr(bad) in r.stderr, r.stderr
+        assert "use auto" in r.stderr and "1 to 64" in r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_workers_auto_is_the_default_and_runs_one_process_per_cpu(pg):
+    """No --workers: as many listening processes as this machine's rule gives (logged with why)."""
+    from k8s_sql.shim.workers import auto_workers
+    want = auto_workers()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "k8s_sql", "shim", "serve", "--listen-client-urls",
+                             f"http://127.0.0.1:{port}", "--metrics-addr", "",
+                             "--datastore", pg.create_database("shim_workers_auto")],
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        while sum("k8s-sql shim ready" in x for x in lines) < want.workers:
+            line = proc.stderr.readline()
+            assert line, "shim exited:\n" + "".join(lines)
+            lines.append(line)
+        assert any(f"{want.workers} worker process(es) ({want.reason})" in x for x in lines), lines
+        listeners = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        pids = {int(x.split("pid=")[1].split(",")[0]) for x in listeners.splitlines() if "pid=" in x}
+        assert len(pids) == want.workers and proc.pid in pids
+        env = dict(os.environ, ETCDCTL_API="3")
+        r = subprocess.run([ETCDCTL, "--endpoints", f"http://127.0.0.1:{port}", "put", "/auto", "v"], env=env,
+                           capture_output=True, text=True)
+        assert r.stdout == "OK\n", r.stderr
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_workers_go_away_when_the_first_process_is_killed(pg):
+    """SIGKILL of the process that started the workers (no chance to stop them): they exit too
+    and the port is free again."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "k8s_sql", "shim", "serve", "--listen-client-urls",
+                             f"http://127.0.0.1:{port}", "--metrics-addr", "", "--workers", "2",
+                             "--datastore", pg.create_database("shim_workers_kill")],
+                            stderr=subprocess.PIPE, text=True)
+    ready = 0
+    while ready < 2:
+        line = proc.stderr.readline()
+        assert line, "shim exited"
+        ready += "k8s-sql shim ready" in line
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 20
+    while subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, "a worker still listens after its parent was killed"
+        time.sleep(0.2)

@@ -3,7 +3,8 @@
 Listeners follow etcd's ``--listen-client-urls``: ``https://IP:PORT`` (TLS; mTLS with
 ``--client-cert-auth``), ``http://IP:PORT`` (plain, for local tests), ``unix:///path``
 (plain) and ``unixs:///path`` (TLS). With ``workers`` > 1, that many processes serve the same
-ports (SO_REUSEPORT) against the same database; PostgreSQL coordinates them.
+ports (SO_REUSEPORT) against the same database; PostgreSQL coordinates them. The CLI's default
+``--workers auto`` is one per CPU the shim may use (``workers.py``: cgroup quota, else CPUs).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ async def _serve(settings: ShimSettings, reuse_port: bool) -> None:
         await shim.stop(0)
         raise
     log.info("serving the etcd v3 API on %s (datastore revision %d)", ", ".join(settings.listen_client_urls),
-             shim.backend.hub.position)
+             shim.backend.watch_revision())
     print(f"k8s-sql shim ready: {', '.join(settings.listen_client_urls)}", file=sys.stderr, flush=True)
     await stop.wait()
     log.info("shutting down")
@@ -194,7 +195,8 @@ def run(settings: ShimSettings) -> None:
     children = []
     if settings.workers > 1:
         worker = dataclasses.replace(settings, workers=1, metrics_addr="")
-        env = dict(os.environ, **{_WORKER_ENV: json.dumps(dataclasses.asdict(worker))})
+        env = dict(os.environ, **{_WORKER_ENV: json.dumps(dataclasses.asdict(worker)),
+                                  _WORKER_ENV + "_PARENT": str(os.getpid())})
         for _ in range(settings.workers - 1):
             children.append(subprocess.Popen([sys.executable, "-m", "k8s_sql.shim.server"], env=env))
     try:
@@ -210,7 +212,20 @@ def run(settings: ShimSettings) -> None:
                 c.kill()
 
 
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM this worker when the process that started it dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG), so no orphan keeps serving the port."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl
+        sys.exit(0)
+
+
 def _worker_main() -> None:
+    _die_with_parent(int(os.environ.pop(_WORKER_ENV + "_PARENT", "0")))
     settings = ShimSettings(**json.loads(os.environ.pop(_WORKER_ENV)))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s shim-worker %(levelname)s %(message)s")
     try:
