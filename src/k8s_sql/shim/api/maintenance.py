@@ -36,8 +36,12 @@ Maintenance
     bucket ``key`` with every stored version (the whole history since the last
     compaction), then bucket ``lease`` with each lease (8-byte big-endian ID, marshalled
     ``leasepb.Lease{ID, TTL}``). Compare it between shims on one database, not with etcd.
-  - ``Snapshot``: UNIMPLEMENTED: back up the PostgreSQL database with pg_dump or
-    pg_basebackup.
+  - ``Snapshot``: an etcd 3.4 backend file of one consistent revision (every version the
+    shim still holds, as etcd's ``key`` bucket would after the same compaction, and the
+    leases; see :mod:`k8s_sql.snapshot.etcdsnap`), streamed as etcd does: 32 KiB blobs
+    with ``remaining_bytes``, then the SHA-256 of the file, so ``etcdctl snapshot save`` /
+    ``status`` / ``restore`` work on it. One REPEATABLE READ transaction is read twice
+    (layout, then the stream), so no temporary file is needed; writes go on meanwhile.
   - ``MoveLeader``: OK when the target is this member (it already leads), otherwise
     FAILED_PRECONDITION ``etcdserver: bad leader transferee`` as etcd says for a
     non-member. (etcd 3.5's ``Downgrade`` is not in the 3.4 proto the shim serves.)
@@ -57,16 +61,23 @@ Cluster
 
 from __future__ import annotations
 
-import struct
+import hashlib
+import logging
 
 import google_crc32c
 import grpc
 
-from k8s_sql.shim.api import convert
-from k8s_sql.shim.api.errors import unary
+from k8s_sql.shim.api.errors import abort, unary
 from k8s_sql.shim.api.header import RAFT_TERM
-from k8s_sql.shim.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 from k8s_sql.shim.storage.base import Event
+# etcd's bucket encodings live with the snapshot writer; the hashes feed the same bytes
+from k8s_sql.snapshot.etcdsnap import SnapshotWriter, key_bucket_entry, lease_bucket_entry  # noqa: F401
+
+log = logging.getLogger(__name__)
+
+#: Bytes per SnapshotResponse blob (etcd 3.4 v3rpc sends 32 KiB pieces).
+SNAPSHOT_CHUNK = 32 * 1024
 
 
 class _Base:
@@ -109,31 +120,24 @@ class BucketHash:
         self.write(b"".join(b"".join(key_bucket_entry(ev)) for ev in events))
 
 
-def key_bucket_entry(ev: Event) -> tuple[bytes, bytes]:
-    """One version as etcd stores it in bbolt bucket ``key`` (etcd 3.4 mvcc revToBytes,
-    appendMarkTombstone, storeTxnWrite.put/delete): key = 8-byte big-endian revision, ``_``,
-    8-byte big-endian sub revision, ``t`` for a delete; value = marshalled mvccpb.KeyValue,
-    only the key for a delete."""
-    deleted = ev.kind == 1
-    key = struct.pack(">Q", ev.revision) + b"_" + struct.pack(">Q", ev.sub) + (b"t" if deleted else b"")
-    kv = kv_pb2.KeyValue(key=ev.kv.key) if deleted else convert.kv_pb(ev.kv)
-    return key, kv.SerializeToString()
+class _Chunks:
+    """A write-only sink that hands out what was written in :data:`SNAPSHOT_CHUNK` pieces."""
 
+    def __init__(self):
+        self.buf = bytearray()
 
-def lease_bucket_entry(lease_id: int, ttl: int) -> tuple[bytes, bytes]:
-    """One lease as etcd stores it in bbolt bucket ``lease``: 8-byte big-endian ID, and
-    leasepb.Lease{ID = 1, TTL = 2} marshalled (RemainingTTL = 3 is 0 without checkpoints)."""
-    value = b"".join(_varint_field(n, v) for n, v in ((1, lease_id), (2, ttl)) if v)
-    return struct.pack(">q", lease_id), value
+    def write(self, data: bytes) -> None:
+        self.buf += data
 
+    def flush(self) -> None:
+        pass
 
-def _varint_field(number: int, value: int) -> bytes:
-    out, v = bytearray([number << 3]), value & 0xFFFFFFFFFFFFFFFF  # int64: two's complement, 10 bytes if < 0
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
+    def take(self, final: bool) -> list[bytes]:
+        """Whole chunks written so far (and the rest when ``final``)."""
+        n = len(self.buf) if final else len(self.buf) - len(self.buf) % SNAPSHOT_CHUNK
+        out = [bytes(self.buf[i:i + SNAPSHOT_CHUNK]) for i in range(0, n, SNAPSHOT_CHUNK)]
+        del self.buf[:n]
+        return out
 
 
 async def _unavailable(context, exc: Exception):
@@ -192,9 +196,44 @@ class MaintenanceServicer(_Base, rpc_pb2_grpc.MaintenanceServicer):
                                       hash_revision=scan.hash_revision)
 
     async def Snapshot(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "Snapshot is not supported by the k8s-sql shim: back up the PostgreSQL database "
-                            "with pg_dump or pg_basebackup")
+        async def produce(scan, versions):
+            # pass 1 lays the file out (its metas come first but are known only at the end);
+            # pass 2, over the same snapshot, streams it front to back: no temporary file
+            # (the sidecar's root filesystem is read-only) and memory for one batch.
+            layout = SnapshotWriter(None)
+            async for batch in versions():
+                layout.add(batch)
+            size = layout.finish(scan.revision, scan.compact_revision, scan.leases)
+            header = self.header_at(scan.revision)
+            out = _Chunks()
+            writer = SnapshotWriter(out, metas=layout.metas)
+            h, sent = hashlib.sha256(), 0
+
+            async def send(final: bool) -> None:
+                nonlocal sent
+                for blob in out.take(final):
+                    sent += len(blob)
+                    h.update(blob)
+                    await context.write(rpc_pb2.SnapshotResponse(header=header, remaining_bytes=size - sent,
+                                                                 blob=blob))
+            async for batch in versions():
+                writer.add(batch)
+                await send(False)
+            writer.finish(scan.revision, scan.compact_revision, scan.leases)
+            await send(True)
+            if sent != size:
+                raise RuntimeError(f"snapshot stream has {sent} bytes, its layout {size}")
+            # etcd ends the stream with the SHA-256 of the db, which snapshot restore checks
+            await context.write(rpc_pb2.SnapshotResponse(header=header, remaining_bytes=0, blob=h.digest()))
+            log.info("snapshot at revision %d: %d versions, %d leases, %d bytes", scan.revision, writer.count,
+                     len(scan.leases), size)
+
+        try:
+            await self.backend.snapshot_scan(produce)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            await abort(context, e)
 
     async def MoveLeader(self, request, context):
         if request.targetID != self.settings.member_id:
