@@ -202,6 +202,10 @@ def cp_node(env):
         r = subprocess.run([sys.executable, "-m", "k8s_sql", "init", "phase", phase, "-c", first],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
+    from k8s_sql.kubeadm import config as kconfig  # the kubeadm.yaml of init (controlPlaneEndpoint)
+
+    with open(os.path.join(base, "kubeadm.yaml"), "w") as f:
+        f.write(kconfig.render(load_file(first), advertise_address=address, cri_socket="unix:///x.sock"))
     yield {"pgc": pgc, "base": base, "first": first, "second": second, "address": address}
     pgc.destroy()
     shutil.rmtree(base, ignore_errors=True)

@@ -50,6 +50,7 @@ def test_config_fields(version, api):
         "apiVersion": api,
         "kind": "ClusterConfiguration",
         "kubernetesVersion": version,
+        "controlPlaneEndpoint": "192.168.56.10:6443",  # default: the first node's advertise address
         "networking": {"podSubnet": "10.244.0.0/16", "serviceSubnet": "10.96.0.0/12"},
         "etcd": {"external": {
             "endpoints": ["https://127.0.0.1:2379"],
@@ -67,6 +68,17 @@ def test_control_plane_endpoint_and_bare_version():
     assert clus["apiVersion"] == "kubeadm.k8s.io/v1beta4"
     assert clus["controlPlaneEndpoint"] == "k8s.example:6443"
     assert clus["kubernetesVersion"] == "v1.31"
+
+
+def test_default_control_plane_endpoint_is_the_advertise_address_with_a_note():
+    """kubeadm refuses `join --control-plane` without a controlPlaneEndpoint, and one cannot
+    be added after init: the default is the first node's address, and the phase says that a
+    load balancer or DNS name is better."""
+    cfg = cluster("v1.34.2")
+    _, clus = yaml.safe_load_all(kconfig.render(cfg, advertise_address="2001:db8::10", cri_socket="unix:///x.sock"))
+    assert clus["controlPlaneEndpoint"] == "[2001:db8::10]:6443"
+    endpoint, note = kconfig.control_plane_endpoint(cfg, "192.168.56.10")
+    assert endpoint == "192.168.56.10:6443" and "load balancer or DNS name" in note
 
 
 def test_too_old_version_is_an_error():

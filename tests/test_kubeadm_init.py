@@ -122,7 +122,7 @@ def test_kubeadm_failure_is_reported(node, monkeypatch):
     monkeypatch.setenv("KUBEADM_EXIT", "1")
     with pytest.raises(K8sSqlError, match=r"kubeadm init failed \(exit 1\)") as e:
         run_phases([KubeadmConfig(), KubeadmInit()], Context(host=LocalHost(), config=cfg))
-    assert "kubeadm reset" in e.value.hint
+    assert "`k8s-sql reset`" in e.value.hint and "`kubeadm reset`" not in e.value.hint
 
 
 def test_missing_kubeadm(node, monkeypatch):
@@ -160,7 +160,7 @@ def test_interrupted_init_is_reported(node):
     os.remove(cfg.paths.kubeconfig)
     with pytest.raises(K8sSqlError, match="admin kubeconfig is missing") as e:
         KubeadmInit().plan(Context(host=LocalHost(), config=cfg))
-    assert "kubeadm reset" in e.value.hint and len(calls(tmp)) == 1
+    assert "`k8s-sql reset`" in e.value.hint and "`kubeadm reset`" not in e.value.hint and len(calls(tmp)) == 1
 
 
 def as_kubeadm_writes_it(text: str) -> str:

@@ -141,7 +141,7 @@ def test_missing_admin_conf_is_pending_in_both_modes(node):
     assert [c.describe() for c in real] == [c.describe() for c in dry]
     [step] = real
     assert step.describe() == ("copy /etc/kubernetes/admin.conf to ~root/.kube/config, remove the "
-                               "node-role.kubernetes.io/control-plane:NoSchedule taint from node cp1 (single node) "
+                               "control-plane NoSchedule taint from node cp1 (single node) "
                                "(pending: after kubeadm-init writes it)")
     with pytest.raises(K8sSqlError, match="admin kubeconfig is missing") as e:
         run_phases([Post()], ctx(cfg, root))
@@ -196,3 +196,24 @@ def test_a_node_that_stays_not_ready_is_a_warning_with_the_reason(node, capsys):
     out.truncate(0)
     run_phases([post], c)
     assert "node cp1 is Ready" in out.getvalue() and "warning" not in out.getvalue()
+
+
+@pytest.mark.parametrize("version, taints", [
+    ("v1.22.17", [{"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"}]),  # kubeadm <= 1.23
+    ("v1.23.17", [{"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"}]),
+    ("v1.24.17", [{"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"}, TAINT]),  # 1.24 sets both
+    ("v1.34.2", [TAINT]),
+])
+def test_removes_the_taint_kubeadm_set_for_its_version(node, version, taints):
+    """The stand-in kubectl's node carries the taints kubeadm of ``version`` sets; after post
+    the node has none of them, and nothing was asked to remove a taint that is not there."""
+    cfg, root, state = node
+    cfg.kubernetes.version = version
+    data = json.loads(state.read_text())
+    data["taints"] = taints + [{"key": "example.com/keep", "effect": "NoSchedule"}]
+    state.write_text(json.dumps(data))
+    run_phases([Post()], ctx(cfg, root))
+    data = json.loads(state.read_text())
+    assert data["taints"] == [{"key": "example.com/keep", "effect": "NoSchedule"}]
+    removed = [c[5] for c in data["calls"] if c[2:4] == ["taint", "nodes"]]
+    assert removed == [f"{t['key']}:NoSchedule-" for t in sorted(taints, key=lambda t: t["key"] != TAINT["key"])]

@@ -8,15 +8,18 @@ import typer
 from rich.markup import escape
 
 from k8s_sql import __version__
+from k8s_sql.cli import backup as backup_cmd
 from k8s_sql.cli import certs as certs_cmd
 from k8s_sql.cli import config as config_cmd
 from k8s_sql.cli import init as init_cmd
 from k8s_sql.cli import join as join_cmd
+from k8s_sql.cli import migrate as migrate_cmd
 from k8s_sql.cli import patch_manifest as patch_manifest_cmd
 from k8s_sql.cli import reset as reset_cmd
 from k8s_sql.cli import render as render_cmd
 from k8s_sql.cli import shim as shim_cmd
 from k8s_sql.cli import status as status_cmd
+from k8s_sql.cli import upgrade as upgrade_cmd
 from k8s_sql.cli.common import err_console
 from k8s_sql.errors import K8sSqlError
 
@@ -38,6 +41,9 @@ app.add_typer(status_cmd.app)
 app.add_typer(reset_cmd.app)
 app.add_typer(join_cmd.app)
 app.add_typer(certs_cmd.app)
+app.add_typer(upgrade_cmd.app)
+app.add_typer(migrate_cmd.app)
+app.add_typer(backup_cmd.app)
 
 
 @app.command("version")

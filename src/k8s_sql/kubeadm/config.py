@@ -1,7 +1,8 @@
-"""The kubeadm configuration file: an InitConfiguration and a ClusterConfiguration.
+"""The kubeadm configuration files: InitConfiguration + ClusterConfiguration (``init``),
+and UpgradeConfiguration (``upgrade``, v1beta4 only).
 
-Built from ``templates/kubeadm/<apiVersion>.yaml`` with values set in code (no text
-templating). Semantics: kubeadm configuration API, kubeadm.k8s.io/v1beta3 (kubeadm
+Built from ``templates/kubeadm/<apiVersion>.yaml`` (and ``upgrade-v1beta4.yaml``) with
+values set in code (no text templating). Semantics: kubeadm configuration API, kubeadm.k8s.io/v1beta3 (kubeadm
 1.22–1.30) and v1beta4 (kubeadm >= 1.31). Both versions share every field used here
 (localAPIEndpoint, nodeRegistration.criSocket, patches.directory, networking,
 controlPlaneEndpoint, etcd.external); they differ elsewhere (v1beta4's extraArgs are
@@ -18,6 +19,27 @@ from k8s_sql.validation import MIN_KUBERNETES_MINOR
 
 #: The shim's client endpoint as kube-apiserver reaches it (loopback, hostNetwork pod).
 SHIM_ENDPOINT_HOST = "127.0.0.1"
+#: kube-apiserver's secure port (InitConfiguration.localAPIEndpoint.bindPort).
+APISERVER_PORT = 6443
+#: Why a default controlPlaneEndpoint is only a start (printed by the kubeadm-config phase).
+ENDPOINT_NOTE = ("a load balancer or DNS name (kubernetes.controlPlaneEndpoint) is better for real HA: "
+                 "this address cannot move to another node")
+
+
+def minor(kubernetes_version: str) -> int:
+    """``v1.34.2`` -> ``34``."""
+    return int(kubernetes_version.lstrip("v").split(".")[1])
+
+
+def control_plane_endpoint(cfg: Cluster, advertise_address: str) -> tuple[str, str]:
+    """ClusterConfiguration.controlPlaneEndpoint and where it came from: the configured
+    ``kubernetes.controlPlaneEndpoint``, else ``<advertise_address>:6443`` (an IPv6 address
+    in brackets). kubeadm adds a control-plane node only to a cluster that has one
+    (``kubeadm join --control-plane``), and it cannot be added after ``init``."""
+    if cfg.kubernetes.control_plane_endpoint:
+        return cfg.kubernetes.control_plane_endpoint, "from kubernetes.controlPlaneEndpoint"
+    host = f"[{advertise_address}]" if ":" in advertise_address else advertise_address
+    return f"{host}:{APISERVER_PORT}", f"the first node's advertise address; {ENDPOINT_NOTE}"
 
 
 def api_version(kubernetes_version: str) -> str:
@@ -26,10 +48,10 @@ def api_version(kubernetes_version: str) -> str:
     Raises:
         K8sSqlError: older than 1.22 (only v1beta2 there, which k8s-sql does not write).
     """
-    minor = int(kubernetes_version.lstrip("v").split(".")[1])
-    if minor >= 31:
+    m = minor(kubernetes_version)
+    if m >= 31:
         return "kubeadm.k8s.io/v1beta4"
-    if minor >= MIN_KUBERNETES_MINOR:  # configuration validation refuses older ones first
+    if m >= MIN_KUBERNETES_MINOR:  # configuration validation refuses older ones first
         return "kubeadm.k8s.io/v1beta3"
     raise K8sSqlError(f"Kubernetes {kubernetes_version} is too old: k8s-sql supports 1.{MIN_KUBERNETES_MINOR} and "
                       f"later", hint=f"set kubernetes.version (or --kubernetes-version) to v1.{MIN_KUBERNETES_MINOR} "
@@ -65,8 +87,8 @@ def render(cfg: Cluster, *, advertise_address: str, cri_socket: str) -> str:
     cluster["kubernetesVersion"] = k.version if k.version.startswith("v") else "v" + k.version
     cluster["networking"]["podSubnet"] = k.pod_subnet
     cluster["networking"]["serviceSubnet"] = k.service_subnet
-    if k.control_plane_endpoint:
-        cluster.insert(list(cluster).index("networking"), "controlPlaneEndpoint", k.control_plane_endpoint)
+    endpoint, _ = control_plane_endpoint(cfg, advertise_address)
+    cluster.insert(list(cluster).index("networking"), "controlPlaneEndpoint", endpoint)
     ext = cluster["etcd"]["external"]
     ext["endpoints"] = [shim_endpoint(cfg)]
     ext["caFile"] = files.pki(cfg.paths.pki_dir, files.CA_CERT)
@@ -77,3 +99,35 @@ def render(cfg: Cluster, *, advertise_address: str, cri_socket: str) -> str:
             raise K8sSqlError(f"template {path} has apiVersion {doc['apiVersion']}, expected {version}",
                               hint="reinstall k8s-sql; its templates are damaged")
     return yamlio.dump_all([init, cluster])
+
+
+def upgrade_config_path(cfg: Cluster) -> str:
+    """Where ``k8s-sql upgrade`` writes kubeadm's UpgradeConfiguration: ``kubeadm-upgrade.yaml``
+    beside ``paths.kubeadmConfig``."""
+    import posixpath
+
+    return posixpath.join(posixpath.dirname(cfg.paths.kubeadm_config), "kubeadm-upgrade.yaml")
+
+
+def render_upgrade(cfg: Cluster, target_version: str) -> str | None:
+    """kubeadm's UpgradeConfiguration (kubeadm.k8s.io/v1beta4, kubeadm >= 1.31) for an upgrade
+    to ``target_version``: ``apply.kubernetesVersion``, and the shim patch directory
+    (``paths.patchesDir``) in both ``apply.patches`` and ``node.patches``: kubeadm keeps no
+    patches directory from ``init``, it applies patches on upgrade only when told.
+    ``None`` for 1.22–1.30 (v1beta3 has no UpgradeConfiguration: ``--patches`` is passed).
+
+    Raises:
+        K8sSqlError: as :func:`api_version`.
+    """
+    version = api_version(target_version)
+    if version != "kubeadm.k8s.io/v1beta4":
+        return None
+    path = template_path("kubeadm", "upgrade-v1beta4.yaml")
+    doc = yamlio.load(path.read_text(), str(path))
+    doc["apply"]["kubernetesVersion"] = target_version if target_version.startswith("v") else "v" + target_version
+    doc["apply"]["patches"]["directory"] = cfg.paths.patches_dir
+    doc["node"]["patches"]["directory"] = cfg.paths.patches_dir
+    if doc["apiVersion"] != version:
+        raise K8sSqlError(f"template {path} has apiVersion {doc['apiVersion']}, expected {version}",
+                          hint="reinstall k8s-sql; its templates are damaged")
+    return yamlio.dump(doc)

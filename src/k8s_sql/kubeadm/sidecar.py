@@ -64,7 +64,9 @@ def datastore_uri(cfg: Cluster) -> str:
     ``sslmode=verify-full`` against the datastore CA. No password, ever.
 
     For ``postgres.mode: external`` the host, port and database of ``postgres.uri`` are
-    kept and its TLS parameters replaced by the shim's files.
+    kept and its TLS parameters replaced by the shim's files (a multi-host URI keeps every
+    host and its ``target_session_attrs``). With ``postgres.ha.enabled`` every node of
+    ``postgres.ha.nodes`` with ``target_session_attrs=read-write`` (:func:`k8s_sql.pg.ha.shim_uri`).
     """
     pki = cfg.paths.pki_dir
     tls = {
@@ -81,6 +83,11 @@ def datastore_uri(cfg: Cluster) -> str:
         query.update(tls)
         return urlunsplit(("postgresql", f"{role}@{hostport}", u.path or f"/{cfg.postgres.database}",
                            urlencode(query, safe="/"), ""))
+    if cfg.postgres.ha.enabled:  # every node, libpq finds the primary (README "HA")
+        from k8s_sql.pg import ha
+
+        return ha.shim_uri([(h, cfg.postgres.port) for h in cfg.postgres.ha.nodes], cfg.postgres.database,
+                           cfg.postgres.role, tls["sslrootcert"], tls["sslcert"], tls["sslkey"])
     host = cfg.postgres.host
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
@@ -262,5 +269,7 @@ def patch(cfg: Cluster) -> CommentedMap:
 def patch_text(cfg: Cluster) -> str:
     """:func:`patch` as the text of ``<patches_dir>/kube-apiserver+strategic.yaml``."""
     head = ("# Written by k8s-sql: adds the etcd shim sidecar to the kube-apiserver static pod.\n"
-            "# kubeadm applies it (init, upgrade) when it writes the manifest.\n")
+            "# kubeadm applies it only when given this directory: init (InitConfiguration.patches),\n"
+            "# join and upgrade (--patches, or UpgradeConfiguration apply/node.patches); `k8s-sql upgrade`\n"
+            "# passes it. A plain `kubeadm upgrade` writes kube-apiserver.yaml without the shim.\n")
     return head + yamlio.dump(patch(cfg))

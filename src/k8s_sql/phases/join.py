@@ -32,6 +32,7 @@ from k8s_sql.host import Host
 from k8s_sql.phases.kubeadm_init import init_config_path
 from k8s_sql.kubeadm import node as kubeadm_node
 from k8s_sql.kubeadm import sidecar
+from k8s_sql.kubeadm.cluster import require_control_plane_endpoint
 from k8s_sql.pg import clients as pgclients
 from k8s_sql.pg import connect
 from k8s_sql.phases.base import Action, Change, Context, Phase, file_change
@@ -212,7 +213,9 @@ class Join(Phase):
         res = ctx.host.run(argv, stream=True, check=False, timeout=1800)
         if not res.ok:
             raise K8sSqlError(f"kubeadm join failed (exit {res.returncode})", where=ctx.host.name,
-                              hint="see kubeadm's output above; `kubeadm reset -f` on the node before trying again")
+                              hint="see kubeadm's output above; `k8s-sql reset` on the node before trying again "
+                                   "(not `kubeadm reset`: it empties /etc/kubernetes/pki, the datastore certificates "
+                                   "with it)")
 
     def verify(self, ctx: Context) -> None:
         if not ctx.host.exists(kubelet_conf(ctx)):
@@ -231,6 +234,8 @@ def run_join(cp: Context, node: Context, *, control_plane: bool = False, skip: f
             joining node.
     """
     _require_initialised(cp)  # before anything is installed on the joining node
+    if control_plane:  # kubeadm would refuse only after the node was prepared
+        require_control_plane_endpoint(cp.host, cp.config)
     phases: list[Phase] = []
     if "prereqs" not in skip:
         phases.append(Prereqs(postgres="client" if control_plane else "none"))

@@ -1,5 +1,11 @@
 """Phase ``kubeadm-config``: write kubeadm's configuration and the kube-apiserver patch
-that adds the etcd shim sidecar (kubeadm applies it in ``init`` and ``upgrade``)."""
+that adds the etcd shim sidecar.
+
+kubeadm applies the patch only when a command is given its directory: ``init`` through
+InitConfiguration.patches (written here), ``join`` and ``upgrade`` only with ``--patches``
+or (v1beta4) UpgradeConfiguration's ``apply.patches``/``node.patches`` — kubeadm keeps no
+patches directory in the cluster. A plain ``kubeadm upgrade`` drops the sidecar; ``k8s-sql
+upgrade`` passes the directory and checks the result."""
 
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ from k8s_sql.phases.base import Change, Context, Phase, file_change, pending_not
 
 class KubeadmConfig(Phase):
     """Writes ``paths.kubeadm_config`` (InitConfiguration + ClusterConfiguration, 0600 root)
-    and ``<paths.patches_dir>/kube-apiserver+strategic.yaml``.
+    and ``<paths.patches_dir>/kube-apiserver+strategic.yaml``. ClusterConfiguration always
+    has a controlPlaneEndpoint (see :func:`k8s_sql.kubeadm.config.control_plane_endpoint`).
 
     With no CRI socket on the node yet (and no ``node.criSocket``), the configured runtime's
     default socket is written and the plan says it is pending until prereqs has installed
@@ -34,6 +41,8 @@ class KubeadmConfig(Phase):
         addr, addr_note = node.advertise_address(ctx.host, cfg)
         ctx.console.print(f"  CRI socket {cri} ({cri_note}); advertise address {addr} ({addr_note})",
                           highlight=False, markup=False)
+        endpoint, endpoint_note = kconfig.control_plane_endpoint(cfg, addr)
+        ctx.console.print(f"  controlPlaneEndpoint {endpoint} ({endpoint_note})", highlight=False, markup=False)
         text = kconfig.render(cfg, advertise_address=addr, cri_socket=cri)
         config_write = file_change(ctx.host, cfg.paths.kubeadm_config, text.encode(), 0o600, owner="root",
                                    group="root")

@@ -23,6 +23,13 @@ from k8s_sql import config
 from k8s_sql.phases.base import Action, Change, Context, Phase, file_change, pending_note
 
 
+#: How to start over. Never plain `kubeadm reset`: it empties /etc/kubernetes/pki — the datastore
+#: CA and PostgreSQL's server certificate with it, while PostgreSQL still points at them — and
+#: leaves the old cluster's state in the database.
+RESET_HINT = ("run `k8s-sql reset` (kubeadm's own reset, then the files k8s-sql made; the database is kept "
+              "unless --delete-data), then `k8s-sql init` again")
+
+
 def init_config_path(cfg) -> str:
     """Where init records the node's configuration (``cluster.yaml`` beside
     ``paths.stateFile``), so that ``join`` works with the first node's own configuration."""
@@ -153,12 +160,12 @@ class KubeadmInit(Phase):
                     return []
                 raise K8sSqlError("kube-apiserver.yaml runs the shim but the admin kubeconfig is missing "
                                   "(an interrupted kubeadm init?)", where=cfg.paths.kubeconfig,
-                                  hint="run `kubeadm reset`, then `k8s-sql init` again")
+                                  hint=RESET_HINT)
             raise K8sSqlError(
                 "this node already has a kube-apiserver manifest that does not run the configured etcd shim "
                 f"({problem})",
                 where=apiserver_manifest(ctx),
-                hint="to keep the cluster, run `k8s-sql patch-manifest`; to start over, run `kubeadm reset`")
+                hint="to keep the cluster, run `k8s-sql patch-manifest`; to start over, " + RESET_HINT)
         if not host.exists(cfg.paths.kubeadm_config):
             raise K8sSqlError("the kubeadm configuration file is missing", where=cfg.paths.kubeadm_config,
                               hint="run `k8s-sql init phase kubeadm-config` first")
@@ -176,8 +183,8 @@ class KubeadmInit(Phase):
         if not res.ok:
             raise K8sSqlError(f"kubeadm init failed (exit {res.returncode})", where=ctx.host.name,
                               hint="see kubeadm's output above; `journalctl -u kubelet` and "
-                                   "`crictl logs` of the etcd-shim container tell more; "
-                                   "`kubeadm reset` before trying again")
+                                   "`crictl logs` of the etcd-shim container tell more; before trying again, "
+                                   + RESET_HINT)
 
     def verify(self, ctx: Context) -> None:
         text = ctx.host.read_text(apiserver_manifest(ctx))

@@ -16,6 +16,9 @@ from k8s_sql.phases.base import Action, Change, Context, Phase, file_change, pen
 from k8s_sql.state import missing_dirs
 
 TAINT_KEY = "node-role.kubernetes.io/control-plane"
+#: The taint kubeadm <= 1.23 sets instead (1.24 sets both, 1.25 and later only :data:`TAINT_KEY`).
+LEGACY_TAINT_KEY = "node-role.kubernetes.io/master"
+TAINT_KEYS = (TAINT_KEY, LEGACY_TAINT_KEY)
 
 
 def home_of(ctx: Context, user: str) -> str:
@@ -36,8 +39,9 @@ def kubectl(ctx: Context, *args: str, check: bool = True):
     return ctx.host.run(["kubectl", "--kubeconfig", ctx.config.paths.kubeconfig, *args], check=check)
 
 
-def has_taint(ctx: Context) -> bool:
-    """Whether this node has the control-plane ``NoSchedule`` taint (kubectl get node -o json).
+def control_plane_taints(ctx: Context) -> list[str]:
+    """The control-plane ``NoSchedule`` taints (keys of :data:`TAINT_KEYS`) this node has,
+    as kubeadm set them for its version (kubectl get node -o json).
 
     Raises:
         K8sSqlError: kubectl cannot read the node.
@@ -47,7 +51,7 @@ def has_taint(ctx: Context) -> bool:
         raise K8sSqlError(f"cannot read node {ctx.config.node.name}: {(res.stderr or res.stdout).strip()}",
                           where=ctx.host.name, hint="check `kubectl get nodes` and node.name in the configuration")
     taints = (json.loads(res.stdout).get("spec") or {}).get("taints") or []
-    return any(t.get("key") == TAINT_KEY and t.get("effect") == "NoSchedule" for t in taints)
+    return [k for k in TAINT_KEYS if any(t.get("key") == k and t.get("effect") == "NoSchedule" for t in taints)]
 
 
 def own_dir_action(path: str, user: str, *, create: bool) -> Action:
@@ -72,7 +76,7 @@ def own_dir_action(path: str, user: str, *, create: bool) -> Action:
 class Post(Phase):
     """Copies ``paths.kubeconfig`` to ``~<user>/.kube/config`` (0600, owned by the user who
     ran sudo, root otherwise); on a single-node cluster removes the control-plane taint if
-    present. Verify: ``/readyz`` answers ``ok`` and kube-system has no etcd pod.
+    present (``…/control-plane``, or ``…/master`` as kubeadm <= 1.23 sets it). Verify: ``/readyz`` answers ``ok`` and kube-system has no etcd pod.
 
     Before kubeadm-init has written admin.conf, both are one pending step, planned the same
     way in a dry run and a real one; applying it raises when admin.conf is still missing.
@@ -90,7 +94,7 @@ class Post(Phase):
         if ctx.host.read_bytes(cfg.paths.kubeconfig) is None:
             what = f"copy {cfg.paths.kubeconfig} to ~{ctx.options.invoking_user}/.kube/config"
             if cfg.kubernetes.single_node:
-                what += f", remove the {TAINT_KEY}:NoSchedule taint from node {cfg.node.name} (single node)"
+                what += f", remove the control-plane NoSchedule taint from node {cfg.node.name} (single node)"
             return [pending(what, "kubeadm-init writes it", self._plan_with_admin,
                             argvs=[["getent", "passwd", ctx.options.invoking_user], ["kubectl", "get", "node"],
                                    ["kubectl", "taint", "nodes"]])]
@@ -117,11 +121,11 @@ class Post(Phase):
         write = file_change(host, target, admin, 0o600, owner=user)
         if write:
             changes.append(write)
-        if cfg.kubernetes.single_node and has_taint(ctx):
+        for key in control_plane_taints(ctx) if cfg.kubernetes.single_node else []:
             node = cfg.node.name
-            changes.append(Action(f"remove the {TAINT_KEY}:NoSchedule taint from node {node} (single node)",
-                                  lambda c: kubectl(c, "taint", "nodes", node, f"{TAINT_KEY}:NoSchedule-"),
-                                  argvs=[["kubectl", "taint", "nodes", node, f"{TAINT_KEY}:NoSchedule-"]]))
+            changes.append(Action(f"remove the {key}:NoSchedule taint from node {node} (single node)",
+                                  lambda c, key=key: kubectl(c, "taint", "nodes", node, f"{key}:NoSchedule-"),
+                                  argvs=[["kubectl", "taint", "nodes", node, f"{key}:NoSchedule-"]]))
         return changes
 
     def verify(self, ctx: Context) -> None:
