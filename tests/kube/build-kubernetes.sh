@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and kubectl v1.20.2 offline from Debian 12's
-# `kubernetes` source package, for the kube-apiserver-on-the-shim tests (tests/kube/).
+# Builds kube-apiserver, kube-controller-manager, kubectl and kubelet v1.20.2 offline from Debian 12's
+# `kubernetes` source package, for the kube-apiserver-on-the-shim tests (tests/kube/) and the
+# real kubelet in the VM (tests/vm/test_vm_kubelet.py), and keeps build/pause/linux/pause.c of
+# that tree beside the binaries (the VM test compiles its pause image from it).
 #
-# Usage: tests/kube/build-kubernetes.sh      prints the bin directory on its last line
+# Usage: tests/kube/build-kubernetes.sh [kubelet]   prints the bin directory on its last line;
+#   with `kubelet` (only the VM test needs it, minutes more) kubelet is built too
 #   K8S_SQL_KUBE_CACHE   cache root (default /var/cache/k8s-sql-tests); binaries land in
 #                        $K8S_SQL_KUBE_CACHE/kubernetes-<source version>/bin, and a second run
-#                        with that directory complete builds nothing.
+#                        with that directory complete builds nothing; a cache from before a
+#                        command was added here gets only the missing commands built (the
+#                        ones there are kept), and src/pause.c.
 #   K8S_SQL_KUBE_KEEP=1  keep the build tree (source, GOPATH, Go cache) after a success.
 #
 # Package needs (apt, Debian 12), installed here when missing (root only):
@@ -31,12 +36,14 @@ VERSION="1.20.5+really1.20.2-1.1+deb12u1"
 KUBE_GIT_VERSION="v1.20.2"
 KUBE_GIT_COMMIT="faecb196815e248d3ecfb03c680a4507229c2a56"
 CMDS=(kube-apiserver kube-controller-manager kubectl)
+[[ "${1:-}" == kubelet ]] && CMDS+=(kubelet)
 PACKAGES=(dpkg-dev golang-go golang-github-modern-go-reflect2-dev)
 REFLECT2_SRC=/usr/share/gocode/src/github.com/modern-go/reflect2
 
 CACHE_ROOT="${K8S_SQL_KUBE_CACHE:-/var/cache/k8s-sql-tests}"
 DEST="${CACHE_ROOT}/kubernetes-${VERSION}"
 BIN="${DEST}/bin"
+PAUSE_C="${DEST}/src/pause.c"
 
 log() { printf '[build-kubernetes] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -45,6 +52,7 @@ complete() {
   local c
   [[ -f "${BIN}/.complete" ]] || return 1
   for c in "${CMDS[@]}"; do [[ -x "${BIN}/${c}" ]] || return 1; done
+  [[ -s "${PAUSE_C}" ]]
 }
 
 if complete; then
@@ -163,15 +171,28 @@ for pkg in k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version \
   ldflags+=" -X ${pkg}.gitTreeState=archive -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=20"
   ldflags+=" -X ${pkg}.buildDate=$(date -u -d @"$(stat -c %Y "${SRC}/debian/changelog")" +%Y-%m-%dT%H:%M:%SZ)"
 done
-log "go build ${CMDS[*]} ($(nproc) CPUs; this is the slow part)"
+mkdir -p "${DEST}/src"
+cp build/pause/linux/pause.c "${PAUSE_C}.tmp" && mv "${PAUSE_C}.tmp" "${PAUSE_C}"
+# Only what the cache lacks: a cache from before kubelet was added keeps its binaries.
+build=()
+for c in "${CMDS[@]}"; do [[ -x "${BIN}/${c}" && -f "${BIN}/.complete" ]] || build+=("${c}"); done
 mkdir -p "${BIN}.tmp"
-go build -tags selinux,notest -trimpath -ldflags "${ldflags}" -o "${BIN}.tmp/" \
-  "${CMDS[@]/#/./cmd/}"
-for c in "${CMDS[@]}"; do [[ -x "${BIN}.tmp/${c}" ]] || die "${c} was not built"; done
+if ((${#build[@]})); then
+  log "go build ${build[*]} ($(nproc) CPUs; this is the slow part)"
+  go build -tags selinux,notest -trimpath -ldflags "${ldflags}" -o "${BIN}.tmp/" \
+    "${build[@]/#/./cmd/}"
+fi
+for c in "${CMDS[@]}"; do
+  [[ -x "${BIN}.tmp/${c}" ]] || cp -a "${BIN}/${c}" "${BIN}.tmp/" 2>/dev/null || die "${c} was not built"
+done
 "${BIN}.tmp/kubectl" version --client --short >&2
+[[ ! -x "${BIN}.tmp/kubelet" ]] || "${BIN}.tmp/kubelet" --version >&2
 
 END=$(date +%s)
-printf '%s\n' "source ${VERSION}" "go ${go_version}" "build seconds $((END - START))" >"${BIN}.tmp/.complete"
+{ [[ -f "${BIN}/.complete" ]] && cat "${BIN}/.complete"
+  printf '%s\n' "source ${VERSION}" "go ${go_version}" "built ${build[*]:-nothing} in $((END - START)) s"
+} >"${BIN}.tmp/.complete.new"
+mv "${BIN}.tmp/.complete.new" "${BIN}.tmp/.complete"
 rm -rf "${BIN}"
 mv "${BIN}.tmp" "${BIN}"
 [[ "${K8S_SQL_KUBE_KEEP:-0}" == 1 ]] || rm -rf "${WORK}"

@@ -57,8 +57,9 @@ class BuildError(RuntimeError):
     """build-kubernetes.sh failed; the message carries the end of its output."""
 
 
-def ensure_binaries(log_path: str | os.PathLike) -> Path:
-    """The directory holding kube-apiserver, kube-controller-manager and kubectl.
+def ensure_binaries(log_path: str | os.PathLike, kubelet: bool = False) -> Path:
+    """The directory holding kube-apiserver, kube-controller-manager and kubectl (and kubelet
+    when ``kubelet``: only the VM test runs one).
 
     Runs ``build-kubernetes.sh``, which returns at once when its cache is complete and builds
     otherwise (8 to 16 minutes on 2 shared cores). Its output goes to ``log_path``.
@@ -68,7 +69,7 @@ def ensure_binaries(log_path: str | os.PathLike) -> Path:
     """
     with open(log_path, "w+") as log:  # read back through this handle: the path may be cleaned meanwhile
         # its own process group: a timeout or an interrupted run ends go build's children too
-        proc = subprocess.Popen(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=log, text=True,
+        proc = subprocess.Popen(["bash", str(BUILD_SCRIPT)] + (["kubelet"] if kubelet else []), stdout=subprocess.PIPE, stderr=log, text=True,
                                 start_new_session=True)
         try:
             out, _ = proc.communicate(timeout=BUILD_TIMEOUT)
@@ -85,7 +86,7 @@ def ensure_binaries(log_path: str | os.PathLike) -> Path:
         what = f"timed out after {BUILD_TIMEOUT} s" if code is None else f"exited with {code}"
         raise BuildError(f"{BUILD_SCRIPT.name} {what} (log: {log_path}); last lines:\n{tail}")
     bin_dir = Path(out.strip().splitlines()[-1])
-    for name in ("kube-apiserver", "kube-controller-manager", "kubectl"):
+    for name in ("kube-apiserver", "kube-controller-manager", "kubectl") + (("kubelet",) if kubelet else ()):
         if not os.access(bin_dir / name, os.X_OK):
             raise BuildError(f"{BUILD_SCRIPT.name} succeeded but {bin_dir / name} is missing; last lines:\n{tail}")
     return bin_dir

@@ -2,7 +2,7 @@
 repository on the host, and a booted VM reached over SSH on 127.0.0.1.
 
 Nothing here skips: a missing host package, an image that does not build or a VM that does
-not boot fails the test with the reason (they are opt-in for now: `-m vm`, see pyproject.toml and test_fresh_vm.py).
+not boot fails the test with the reason (they are opt-in: `-m vm`, see pyproject.toml).
 The VM directory (console log, qemu command line, k8s-sql output) is kept under pytest's
 basetemp for a look after a failure; timings go to ``timings.txt`` there and to the report.
 """
@@ -93,13 +93,20 @@ class BootedVm:
 
 
 @pytest.fixture(scope="module")
-def booted_vm(vm_image, kube_repo, tmp_path_factory, vm_timings) -> BootedVm:
+def vm_drives() -> list[Path]:
+    """Files to attach to the VM as read-only raw disks (/dev/vdb…); a module overrides it."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def booted_vm(vm_image, kube_repo, tmp_path_factory, vm_timings, vm_drives) -> BootedVm:
     """A fresh VM (copy-on-write overlay of the image) whose ``pkgs.k8s.io`` is the
     ``kube_repo`` server: an /etc/hosts entry to the forwarded address and the test CA in
     the trust store (taken up by update-ca-certificates now if ca-certificates is installed,
     else when prereqs installs it). Powered off at the end."""
     workdir = tmp_path_factory.mktemp("vm")
-    vm = Vm(vm_image, workdir, guestfwd=[(REPO_GUEST_IP, REPO_GUEST_PORT, kube_repo.server.port)])
+    vm = Vm(vm_image, workdir, guestfwd=[(REPO_GUEST_IP, REPO_GUEST_PORT, kube_repo.server.port)],
+            drives=list(vm_drives))
     start = time.monotonic()
     try:
         accel_name, _ = accelerator(vm_image.kernel)

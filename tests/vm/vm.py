@@ -146,6 +146,9 @@ class Vm:
 
     ``guestfwd``: ``(guest_ip, guest_port, host_port)`` triples: a guest connection to
     guest_ip:guest_port reaches 127.0.0.1:host_port of the host.
+    ``drives``: files attached read-only as further virtio disks (``/dev/vdb``, ``/dev/vdc``…
+    in order), raw: how large files (container images, binaries) get into the guest without
+    SSH's encryption, which is slow under TCG.
     """
 
     image: Image
@@ -153,6 +156,9 @@ class Vm:
     memory_mb: int = 3072
     cpus: int = 2
     guestfwd: list[tuple[str, int, int]] = field(default_factory=list)
+    drives: list[Path] = field(default_factory=list)
+    #: more qemu arguments (e.g. a second NIC between two VMs: ``-netdev socket,…`` and its ``-device``)
+    extra_args: list[str] = field(default_factory=list)
     ssh_port: int = 0
     proc: subprocess.Popen | None = None
     boot_seconds: float = 0.0
@@ -194,9 +200,11 @@ class Vm:
                 "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
                 "-append", "root=/dev/vda rw console=ttyS0 panic=-1",
                 "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+                *[a for d in self.drives for a in ("-drive", f"file={d},if=virtio,format=raw,readonly=on")],
                 "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile=",
                 "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0",
-                "-serial", f"file:{self.console_log}", "-pidfile", str(self.workdir / "qemu.pid")]
+                "-serial", f"file:{self.console_log}", "-pidfile", str(self.workdir / "qemu.pid"),
+                *self.extra_args]
         (self.workdir / "qemu.argv").write_text(shlex.join(argv) + "\n")
         log = open(self.workdir / "qemu.log", "w")
         start = time.monotonic()
@@ -208,10 +216,14 @@ class Vm:
             if self.proc.poll() is not None:
                 raise VmError(f"qemu exited with {self.proc.returncode} ({accel_name}); qemu.log:\n"
                               + tail(self.workdir / "qemu.log") + "\nconsole:\n" + tail(self.console_log))
-            res = self.ssh("true", timeout=15, check=False, connect_timeout=5)
-            if res.returncode == 0:
+            try:
+                res = self.ssh("true", timeout=15, check=False, connect_timeout=5)
+            except VmError as e:  # sshd still starting on a slow (TCG, loaded) host: a hung handshake
+                res, last = None, str(e)
+            if res is not None and res.returncode == 0:
                 break
-            last = res.stderr.strip()
+            if res is not None:
+                last = res.stderr.strip()
             if time.monotonic() > deadline:
                 self.kill()
                 raise VmError(f"no SSH to the VM within {timeout:.0f} s ({accel_name}); last ssh error: {last}\n"
