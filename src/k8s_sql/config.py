@@ -49,7 +49,8 @@ class KubernetesSpec:
     version: str = "v1.34.2"
     pod_subnet: str = "10.244.0.0/16"
     service_subnet: str = "10.96.0.0/12"
-    #: Shared endpoint (``host:port``) for several control-plane nodes; empty for one.
+    #: Shared endpoint (``host:port``) of the control planes (ClusterConfiguration.controlPlaneEndpoint);
+    #: empty = the first node's advertise address and port 6443.
     control_plane_endpoint: str = ""
     #: Remove the control-plane taint so workloads schedule on this node.
     single_node: bool = True
@@ -74,6 +75,25 @@ class PathsSpec:
     #: The record of every file and directory k8s-sql created on the node (``reset``
     #: removes only those, see :mod:`k8s_sql.state`).
     state_file: str = "/var/lib/k8s-sql/state.json"
+
+
+@dataclass
+class PostgresHaSpec:
+    """PostgreSQL on several nodes with automatic failover (pg_auto_failover, README "HA")."""
+
+    #: Off: one PostgreSQL on the first node. On: a keeper on each node in ``nodes``.
+    enabled: bool = False
+    #: The PostgreSQL nodes' addresses (the control-plane nodes' advertise addresses, each
+    #: optionally ``address:port`` / ``[v6]:port``), the first node's first; the shims' multi-host URI lists them in this order. At least 3
+    #: (2 keepers and a monitor cannot tell a lost node from a cut network).
+    nodes: list[str] = field(default_factory=list)
+    #: Port of the pg_auto_failover monitor (on the first node).
+    monitor_port: int = 5431
+    #: Port of each node's PostgreSQL in the formation (a node listed as ``address:port``
+    #: has its own). Not 5432: Debian's own cluster (``postgresql``) keeps that port.
+    port: int = 5433
+    #: Where the monitor's and the keeper's data directories and pg_autoctl's files live.
+    data_dir: str = "/var/lib/postgresql/k8s-sql-ha"
 
 
 @dataclass
@@ -103,6 +123,8 @@ class PostgresSpec:
     #: the role may log in (a ``hostssl … cert`` line each). When any is set, PostgreSQL
     #: also listens on the node's advertise address. ``paths.postgresClients`` adds more.
     client_addresses: list[str] = field(default_factory=list)
+    #: High availability (``mode: local`` only); for ``external``, give a multi-host ``uri``.
+    ha: PostgresHaSpec = field(default_factory=PostgresHaSpec)
 
 
 @dataclass
@@ -415,7 +437,8 @@ DEFAULT_NOTES = {
     "node.name": "empty: the host name of the node at init time (first label, lower-cased)",
     "node.advertiseAddress": "empty: the node's address on its default route",
     "node.criSocket": "empty: the CRI socket found on the node",
-    "kubernetes.controlPlaneEndpoint": "empty: this node's API server alone",
+    "kubernetes.controlPlaneEndpoint": "empty: the first node's advertise address:6443 (a DNS name or load balancer "
+                                       "is better for HA; it cannot be changed after init)",
     "postgres.uri": "only for mode: external",
     "postgres.version": "empty: the major version installed on the node",
     "postgres.configDir": "empty: from pg_lsclusters",

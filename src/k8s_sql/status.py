@@ -286,6 +286,44 @@ def certificates(host: Host, cfg: Cluster, now: dt.datetime | None = None, *,
     return out
 
 
+def postgres_ha_status(host: Host, cfg: Cluster) -> dict:
+    """With ``postgres.ha.enabled``: the formation as its monitor sees it (``pg_autoctl show
+    state --json`` run as the postgres OS user, which owns the node certificate):
+    ``{"up": a primary is there, "primary": name, "nodes": [{"name", "host", "port", "role",
+    "state", "healthy", "lag_bytes"}], "reason"}``; lag in bytes of WAL behind the primary's
+    reported LSN (see :func:`k8s_sql.pg.ha.parse_state`)."""
+    from k8s_sql.pg import ha
+
+    pg, pki = cfg.postgres, cfg.paths.pki_dir
+    tls = ha.node_tls(pki, files.path(pki, files.POSTGRES_SERVER_CERT), files.path(pki, files.POSTGRES_SERVER_KEY),
+                      files.path(pki, files.CA_CERT))
+    first = ha.parse_node(pg.ha.nodes[0], pg.ha.port)[0] if pg.ha.nodes else ""
+    monitor = ha.monitor_uri(first, pg.ha.monitor_port, tls) if first else ""
+    out: dict = {"up": False, "nodes": [], "monitor": f"{first}:{pg.ha.monitor_port}" if monitor else ""}
+    if not monitor:
+        out["reason"] = "postgres.ha.nodes is empty"
+        return out
+    res = host.run(ha.show_state_argv(monitor), user="postgres", check=False, timeout=30,
+                   env=ha.ssl_env(tls))
+    if not res.ok:
+        out["reason"] = f"monitor: {_reason(res)}"
+        return out
+    try:
+        nodes = ha.parse_state(res.stdout)
+    except ValueError as e:
+        out["reason"] = f"monitor: {e}"
+        return out
+    out["nodes"] = [{"name": n.name, "host": n.host, "port": n.port, "role": n.role,
+                     "state": f"{n.reported}/{n.assigned}", "healthy": n.healthy, "lag_bytes": n.lag_bytes}
+                    for n in nodes]
+    primaries = [n.name for n in nodes if n.role == "primary"]
+    out["up"] = len(primaries) == 1
+    out["primary"] = primaries[0] if primaries else None
+    if not primaries:
+        out["reason"] = "no primary (a failover in progress, or too few nodes left)"
+    return out
+
+
 def collect(host: Host, cfg: Cluster) -> dict:
     """Everything ``k8s-sql status`` shows, as one JSON-able dict (``--output json``):
     ``host``; ``role`` (``{"kind", "postgres", "postgres_host"}``, see :class:`NodeRole`);
@@ -306,8 +344,10 @@ def collect(host: Host, cfg: Cluster) -> dict:
         else:
             parts[part], nodes = apiserver_status(host, cfg)
         parts[part]["expected"] = True
+    ha = {"postgres_ha": postgres_ha_status(host, cfg)} if cfg.postgres.ha.enabled and role.kind != "worker" else {}
     return {"host": host.name,
             "role": {"kind": role.kind, "postgres": role.postgres, "postgres_host": role.postgres_host},
-            **parts, "nodes": nodes,
+            **parts, "nodes": nodes, **ha,
             "certificates": certificates(host, cfg, needed=role.needed_certificates),
-            "down": [p for p in PARTS if parts[p]["expected"] and not parts[p]["up"]]}
+            "down": [p for p in PARTS if parts[p]["expected"] and not parts[p]["up"]]
+            + (["postgres_ha"] if ha and not ha["postgres_ha"]["up"] else [])}

@@ -121,6 +121,7 @@ class _Checks:
         self.kubernetes()
         self.paths()
         self.postgres()
+        self.postgres_ha()
         self.shim()
         self.ports()
         self.certificates()
@@ -345,6 +346,45 @@ class _Checks:
                                 "use addresses like 192.0.2.11 or networks like 10.0.0.0/24") from None
             raise self.fail(path, f"postgres.clientAddresses: {addr!r} has host bits set",
                             f"use the network address {loose}, or the address alone without a prefix length")
+
+    def postgres_ha(self) -> None:
+        """``postgres.ha``: local mode only, three or more distinct node addresses, a free
+        monitor port (see :mod:`k8s_sql.pg.ha`)."""
+        pg = self.cfg.postgres
+        ha = pg.ha
+        if not ha.enabled:
+            return
+        if pg.mode != "local":
+            raise self.fail("postgres.ha.enabled", "postgres.ha is for mode: local; an external server's HA is its own",
+                            "give postgres.uri as a multi-host URI (postgresql://h1:5432,h2:5432/kubernetes?"
+                            "target_session_attrs=read-write), or set postgres.mode: local", also=("postgres.mode",))
+        from k8s_sql.pg.ha import parse_node
+
+        addrs = []
+        for i, entry in enumerate(ha.nodes):
+            try:
+                addr, port = parse_node(entry, ha.port)
+            except ValueError:
+                raise self.fail(f"postgres.ha.nodes[{i}]", f"postgres.ha.nodes[{i}] {entry!r} is not an IP address "
+                                "or address:port", "use e.g. 192.0.2.11, 192.0.2.11:5433 or [2001:db8::11]:5433") from None
+            self.port(f"postgres.ha.nodes[{i}]", port)
+            addrs.append(addr)
+        if len(set(addrs)) != len(addrs):
+            raise self.fail("postgres.ha.nodes", "postgres.ha.nodes lists an address twice",
+                            "list each PostgreSQL node's address once")
+        if len(ha.nodes) < 3:
+            raise self.fail("postgres.ha.nodes", f"postgres.ha.nodes has {len(ha.nodes)} address(es); HA needs 3",
+                            "list the advertise addresses of three control-plane nodes (the first node's first)")
+        self.port("postgres.ha.monitorPort", ha.monitor_port)
+        self.port("postgres.ha.port", ha.port)
+        self.absolute("postgres.ha.dataDir", ha.data_dir)
+        if ha.monitor_port == pg.port:
+            raise self.fail("postgres.ha.monitorPort", f"postgres.ha.monitorPort {ha.monitor_port} is also "
+                            "postgres.port", "give the monitor its own port, e.g. 5431", also=("postgres.port",))
+        if ha.port in (pg.port, ha.monitor_port):
+            raise self.fail("postgres.ha.port", f"postgres.ha.port {ha.port} is also postgres.port or the monitor's",
+                            "give the formation's PostgreSQL its own port, e.g. 5433 (Debian's cluster keeps "
+                            "postgres.port)", also=("postgres.port",))
 
     def shim(self) -> None:
         s = self.cfg.shim

@@ -13,6 +13,18 @@ import typer
 from k8s_sql.shim.settings import (DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, MAX_MAX_REQUEST_BYTES)
 from k8s_sql.shim.settings import (DEFAULT_COMPACTION_INTERVAL, DEFAULT_ETCD_VERSION,
                                    DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL, ShimSettings, parse_duration)
+from k8s_sql.shim.workers import parse_workers
+
+def _workers_value(text: str) -> str:
+    """--workers: "auto" or 1..64, else a usage error (exit 2) saying what is allowed."""
+    from k8s_sql.errors import K8sSqlError
+
+    try:
+        parse_workers(text)
+    except K8sSqlError as e:
+        raise typer.BadParameter(f"{text!r}: {e.hint}") from None
+    return text
+
 
 app = typer.Typer(name="shim", help="The etcd v3 API shim that stores Kubernetes' state in PostgreSQL.",
                   no_args_is_help=True)
@@ -38,7 +50,8 @@ def serve(
         "Empty: the libpq environment (PGHOST, PGDATABASE, PGSSLMODE, ...). A password here is refused (ps shows "
         "it): use certificate authentication or a password file (PGPASSFILE, ~/.pgpass).")] = "",
     datastore_timeout: Annotated[str, typer.Option(
-        "--datastore-timeout", help="How long to wait for PostgreSQL at start before exiting with status 1.")] = "30s",
+        "--datastore-timeout", help="How long to wait for PostgreSQL at start before exiting with status 1 "
+        "(longer than a failover, README \"HA\").")] = "60s",
     compaction_interval: Annotated[str, typer.Option(
         "--compaction-interval", help="Automatic compaction period keeping that much history, e.g. 5m; 0 = off "
         "(kube-apiserver compacts on its own every 5 minutes).")] = DEFAULT_COMPACTION_INTERVAL,
@@ -52,9 +65,10 @@ def serve(
         "--metrics-addr", help="http://IP:PORT for /health, /version and Prometheus /metrics; empty = off.")]
         = "http://127.0.0.1:2381",
     name: Annotated[str, typer.Option("--name", help="Member name reported by member list.")] = "default",
-    workers: Annotated[int, typer.Option(
-        "--workers", min=1, max=64, help="Processes serving the same ports (SO_REUSEPORT); PostgreSQL "
-        "coordinates them.")] = 1,
+    workers: Annotated[str, typer.Option(
+        "--workers", help="Processes serving the same ports (SO_REUSEPORT; PostgreSQL coordinates them): "
+        "1 to 64, or auto = one per CPU the shim may use: its cgroup's CPU quota rounded up (a sidecar with "
+        "a CPU limit), else the CPUs of its affinity mask.", callback=_workers_value)] = "auto",
     max_request_bytes: Annotated[int, typer.Option(
         "--max-request-bytes", min=1, max=MAX_MAX_REQUEST_BYTES, help="etcd's limit on a write request in bytes "
         "(larger ones fail with 'request is too large'); gRPC accepts 512 KiB more, and fragmenting watchers "
@@ -83,6 +97,7 @@ def serve(
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+    count = parse_workers(workers)
     settings = ShimSettings(
         listen_client_urls=[u.strip() for u in listen_client_urls.split(",") if u.strip()],
         cert_file=cert_file, key_file=key_file, trusted_ca_file=trusted_ca_file, client_cert_auth=client_cert_auth,
@@ -90,10 +105,11 @@ def serve(
         compaction_interval=parse_duration(compaction_interval, "--compaction-interval"),
         watch_progress_notify_interval=parse_duration(watch_progress_notify_interval,
                                                       "--watch-progress-notify-interval"),
-        emulated_etcd_version=emulated_etcd_version, metrics_addr=metrics_addr, name=name, workers=workers,
+        emulated_etcd_version=emulated_etcd_version, metrics_addr=metrics_addr, name=name, workers=count.workers,
         max_request_bytes=max_request_bytes, max_txn_ops=max_txn_ops)
     from k8s_sql.shim.safety import start_warnings
 
     for warning in start_warnings(settings):
         logging.getLogger("k8s_sql.shim").warning("%s", warning)
+    logging.getLogger("k8s_sql.shim").info("%d worker process(es) (%s)", count.workers, count.reason)
     run(settings)

@@ -50,6 +50,14 @@ def render(data: dict) -> Table:
     else:
         details = pg.get("reason", "")
     t.add_row("PostgreSQL", _state(pg), details)
+    if "postgres_ha" in data:  # postgres.ha: each node as the pg_auto_failover monitor sees it
+        ha = data["postgres_ha"]
+        t.add_row("PostgreSQL HA", _state({**ha, "expected": True}),
+                  f"monitor {ha.get('monitor')}" + (f"; {ha['reason']}" if ha.get("reason") else ""))
+        for n in ha["nodes"]:
+            lag = "?" if n["lag_bytes"] is None else f"{n['lag_bytes']} bytes behind"
+            t.add_row(f"  pg {n['name']}", n["role"] if n["healthy"] else f"[red]{n['role']} (unhealthy)[/red]",
+                      f"{n['host']}:{n['port']}, {n['state']}, {lag}")
     shim = data["shim"]
     if shim["up"]:
         details = f"{shim['endpoint']}, etcd API {shim.get('version') or '?'}"

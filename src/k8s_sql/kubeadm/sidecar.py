@@ -86,7 +86,7 @@ def datastore_uri(cfg: Cluster) -> str:
     if cfg.postgres.ha.enabled:  # every node, libpq finds the primary (README "HA")
         from k8s_sql.pg import ha
 
-        return ha.shim_uri([(h, cfg.postgres.port) for h in cfg.postgres.ha.nodes], cfg.postgres.database,
+        return ha.shim_uri([ha.parse_node(h, cfg.postgres.ha.port) for h in cfg.postgres.ha.nodes], cfg.postgres.database,
                            cfg.postgres.role, tls["sslrootcert"], tls["sslcert"], tls["sslkey"])
     host = cfg.postgres.host
     if ":" in host:  # IPv6 literal

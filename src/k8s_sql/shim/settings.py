@@ -98,6 +98,8 @@ class ShimSettings:
     metrics_addr: "http://IP:PORT" for /health, /version, /metrics; "" = off.
     member_id/cluster_id: reported in every ResponseHeader.
     max_request_bytes/max_txn_ops: etcd's request limits (--max-request-bytes, --max-txn-ops).
+    workers: processes serving the same ports, 1..64; the CLI's default ``auto`` is resolved
+    to a number by :func:`k8s_sql.shim.workers.auto_workers` (cgroup CPU quota, else CPUs).
     """
 
     listen_client_urls: list[str] = field(default_factory=lambda: ["https://127.0.0.1:2379"])
@@ -106,7 +108,7 @@ class ShimSettings:
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
     datastore: str = ""
-    datastore_timeout: float = 30.0
+    datastore_timeout: float = 60.0  # longer than a PostgreSQL failover (README "HA": about 30 s)
     compaction_interval: float = 0.0
     watch_progress_notify_interval: float = 5.0
     emulated_etcd_version: str = DEFAULT_ETCD_VERSION
@@ -139,6 +141,9 @@ class ShimSettings:
             raise K8sSqlError(f"--max-request-bytes {self.max_request_bytes} is out of range",
                               where="--max-request-bytes", hint=f"use 1 to {MAX_MAX_REQUEST_BYTES} (etcd's default: "
                               f"{DEFAULT_MAX_REQUEST_BYTES})")
+        if not 1 <= self.workers <= 64:
+            raise K8sSqlError(f"--workers {self.workers} is out of range", where="--workers",
+                              hint="use auto or 1 to 64")
         if self.max_txn_ops < 1:
             raise K8sSqlError(f"--max-txn-ops {self.max_txn_ops} is out of range", where="--max-txn-ops",
                               hint=f"use 1 or more (etcd's default: {DEFAULT_MAX_TXN_OPS})")
