@@ -96,6 +96,13 @@ elif prog == "kubeadm" and args[:1] == ["upgrade"]:
     if "--patches" in args:
         patches = args[args.index("--patches") + 1]
     if "--config" in args:
+        # kubeadm: "can not mix '--config' with arguments [yes]"; it asks on stdin instead
+        if "--yes" in args or "-y" in args:
+            print("can not mix '--config' with arguments [yes]", file=sys.stderr)
+            sys.exit(1)
+        if mode == "apply" and sys.stdin.readline().strip().lower() != "y":
+            print("won't proceed; the user didn't answer (Y|n) in order to continue", file=sys.stderr)
+            sys.exit(1)
         doc = yaml.safe_load(open(at(args[args.index("--config") + 1])))
         assert doc["kind"] == "UpgradeConfiguration", doc
         patches = ((doc.get(mode) or {{}}).get("patches") or {{}}).get("directory")
@@ -228,7 +235,7 @@ def test_apply_passes_the_patches_and_keeps_the_sidecar(tmp_path, monkeypatch, s
     [call] = node.calls("kubeadm")
     if api == "v1beta4":
         path = kconfig.upgrade_config_path(cfg)
-        assert call == ["upgrade", "apply", target, "--config", path, "--yes"]
+        assert call == ["upgrade", "apply", target, "--config", path]  # confirmed on stdin: --yes is refused
         doc = yaml.safe_load((node.root / path.lstrip("/")).read_text())
         assert doc["apiVersion"] == "kubeadm.k8s.io/v1beta4" and doc["kind"] == "UpgradeConfiguration"
         assert doc["apply"]["patches"]["directory"] == doc["node"]["patches"]["directory"] == cfg.paths.patches_dir

@@ -46,13 +46,14 @@ from k8s_sql.phases.base import Action, Change, Context, Phase, WriteFile, file_
 from k8s_sql import config as configmod
 from k8s_sql.phases.kubeadm_init import init_config_path, shim_problem
 from k8s_sql.phases.runner import load_phase
+from k8s_sql.shim.storage.schema import offline_migrations as schema_offline_migrations
 
 #: Shim schema migrations (numbers of :data:`k8s_sql.shim.storage.schema.MIGRATIONS`) that a
-#: shim of the schema before them cannot run beside: migration 3 drops ``kv``'s primary key on
-#: the whole key, which the ``INSERT … ON CONFLICT (key)`` of a schema-2 shim needs. Every
-#: other migration so far only adds (tests/shim/test_schema_compat.py runs two shim versions
-#: on one database). Crossing one of these needs every other shim stopped first.
-OFFLINE_MIGRATIONS = frozenset({3})
+#: shim of the schema before them cannot run beside, derived from each migration's declared
+#: ``min_compatible`` (:data:`k8s_sql.shim.storage.schema.MIN_COMPATIBLE`; so far migration 3,
+#: which drops ``kv``'s primary key on the whole key that a schema-2 shim's ``INSERT … ON
+#: CONFLICT (key)`` needs). Crossing one of these needs every other shim stopped first.
+OFFLINE_MIGRATIONS = schema_offline_migrations()
 #: The packages kubeadm's procedure upgrades, in its order.
 KUBEADM_PACKAGE = "kubeadm"
 NODE_PACKAGES = ("kubelet", "kubectl")
@@ -289,7 +290,9 @@ class UpgradeFiles(Phase):
 def kubeadm_upgrade_argv(ctx: Context, opts: UpgradeOptions, control_plane: bool = True) -> list[str]:
     """``kubeadm upgrade apply <version> …`` or ``kubeadm upgrade node …``, with the patches:
     ``--config <UpgradeConfiguration>`` for v1beta4 targets (>= 1.31), ``--patches <dir>``
-    for 1.22–1.30 (a worker has no patches)."""
+    for 1.22–1.30 (a worker has no patches). ``apply`` gets ``--yes`` only without
+    ``--config``: kubeadm refuses ``--yes`` beside ``--config`` (ValidateMixedArguments), so
+    there its confirmation is answered on stdin (:func:`kubeadm_upgrade_input`)."""
     cfg = ctx.config
     argv = ["kubeadm", "upgrade", opts.mode] + ([opts.target] if opts.mode == "apply" else [])
     if control_plane:
@@ -297,9 +300,15 @@ def kubeadm_upgrade_argv(ctx: Context, opts: UpgradeOptions, control_plane: bool
             argv += ["--config", kconfig.upgrade_config_path(cfg)]
         else:
             argv += ["--patches", cfg.paths.patches_dir]
-    if opts.mode == "apply":
+    if opts.mode == "apply" and "--config" not in argv:
         argv.append("--yes")
     return argv
+
+
+def kubeadm_upgrade_input(argv: list[str]) -> str | None:
+    """What ``kubeadm upgrade apply --config …`` reads from stdin: "y" to its "Are you sure you
+    want to proceed?" (the only way to confirm with a configuration file); ``None`` otherwise."""
+    return "y\n" if argv[:3] == ["kubeadm", "upgrade", "apply"] and "--config" in argv else None
 
 
 def kubeadm_needed(ctx: Context, opts: UpgradeOptions) -> bool:
@@ -347,7 +356,7 @@ class KubeadmUpgrade(Phase):
         return [Action(" ".join(argv), lambda c: self._run(c, argv), detail=detail, argvs=[argv])]
 
     def _run(self, ctx: Context, argv: list[str]) -> None:
-        res = ctx.host.run(argv, stream=True, check=False, timeout=3600)
+        res = ctx.host.run(argv, stream=True, check=False, timeout=3600, input=kubeadm_upgrade_input(argv))
         if not res.ok:
             raise K8sSqlError(f"{' '.join(argv[:3])} failed (exit {res.returncode})", where=ctx.host.name,
                               hint="see kubeadm's output above (kubeadm rolls its manifests back on failure); "
