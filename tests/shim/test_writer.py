@@ -102,6 +102,26 @@ def test_a_request_failing_in_the_batch_function_fails_alone(shim_db, failing):
     run(shim_db, scenario)
 
 
+def test_a_lone_request_failing_in_the_database_fails_alone(shim_db):
+    """A batch of one request (a sequential client's) goes to the batch function without its
+    exception block (schema migration 5): a failure of the request's own still answers it
+    with InternalError naming the error, stores nothing, and the next request goes through.
+    The trigger under /trap/ stands in for an SQL failure nobody foresaw."""
+    async def scenario(backend):
+        async with backend.pool.connection() as conn:
+            await conn.execute("CREATE FUNCTION trap() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                               "RAISE EXCEPTION 'trapped %', convert_from(NEW.key, 'UTF8'); END $$")
+            await conn.execute("CREATE TRIGGER trap BEFORE INSERT ON kv FOR EACH ROW "
+                               "WHEN (NEW.key >= '/trap/'::bytea) EXECUTE FUNCTION trap()")
+        start = await backend.current_revision()
+        with pytest.raises(InternalError, match="P0001: trapped /trap/1"):
+            await backend.put(PutOp(b"/trap/1", b"v"))
+        assert await backend.current_revision() == start
+        assert not (await backend.range(RangeOp(b"/trap/", b"/trap0"))).kvs
+        assert (await backend.put(PutOp(b"/ok/1", b"v"))).revision == start + 1
+    run(shim_db, scenario)
+
+
 def test_only_a_lost_connection_fails_the_whole_batch(shim_db):
     async def scenario(backend):
         start = await backend.current_revision()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import grpc
 
@@ -75,9 +76,15 @@ async def abort(context, e: BaseException):
 
 def unary(method):
     """Decorator for a unary servicer method ``(self, request, context)``: an exception it
-    raises ends the call with etcd's status for it (:func:`status_of`)."""
+    raises ends the call with etcd's status for it (:func:`status_of`). At debug level each
+    call is logged with its duration (µs) and request without values (:func:`shape`), to
+    trace what a client sends."""
+    name = method.__name__
+
     @functools.wraps(method)
     async def handler(self, request, context):
+        if trace.isEnabledFor(logging.DEBUG):
+            return await _traced(method, name, self, request, context)
         try:
             return await method(self, request, context)
         except grpc.aio.AbortError:
@@ -85,3 +92,40 @@ def unary(method):
         except Exception as e:
             await abort(context, e)
     return handler
+
+
+#: The request trace (debug level: one line per unary call).
+trace = logging.getLogger("k8s_sql.shim.trace")
+
+
+async def _traced(method, name: str, self, request, context):
+    t = time.perf_counter()
+    outcome = "ok"
+    try:
+        return await method(self, request, context)
+    except grpc.aio.AbortError:
+        outcome = "aborted"
+        raise
+    except Exception as e:
+        outcome = type(e).__name__
+        await abort(context, e)
+    finally:
+        trace.debug("%s %.0fus %s %s", name, (time.perf_counter() - t) * 1e6, outcome, shape(request))
+
+
+def shape(request) -> str:
+    """``request`` (a protobuf message) on one line with every ``value`` field emptied: keys,
+    compares and options stay, stored data (Secrets among them) never reaches the log."""
+    scrubbed = type(request)()
+    scrubbed.CopyFrom(request)
+    _scrub(scrubbed)
+    return " ".join(str(scrubbed).split())[:500]
+
+
+def _scrub(msg) -> None:
+    for field, value in msg.ListFields():
+        if field.name == "value" and field.type == field.TYPE_BYTES:
+            msg.ClearField("value")
+        elif field.type == field.TYPE_MESSAGE:
+            for m in ([value] if hasattr(value, "ListFields") else value):  # one message or repeated
+                _scrub(m)

@@ -96,9 +96,21 @@ def historical_rows(range_end: bytes, keys_only: bool, limit: int, extra: str = 
 
 
 def count_rows(range_end: bytes, historical: bool) -> str:
-    """Number of live keys in the range (etcd RangeResponse.count)."""
+    """Number of live keys in the range (etcd RangeResponse.count).
+
+    At the current revision a range of keys is counted in two parts, keys shorter than the
+    head and the others, each through its partial index of schema migration 5: the short
+    keys' index holds the key itself, so counting them is an index-only scan (an index on
+    the head alone cannot be: PostgreSQL answers from an index only when it holds every
+    column the query names). The long keys' part is usually empty.
+    """
     if not historical:
-        return f"SELECT count(*) FROM kv WHERE {key_predicate(range_end)}"
+        if not range_end:
+            return f"SELECT count(*) FROM kv WHERE {key_predicate(range_end)}"
+        short = "key >= %(key)s" if range_end == FROM_KEY else "key >= %(key)s AND key < %(end)s"
+        return (f"SELECT (SELECT count(*) FROM kv WHERE octet_length(key) < {KEY_HEAD_BYTES} AND {short}) + "
+                f"(SELECT count(*) FROM kv WHERE octet_length(key) >= {KEY_HEAD_BYTES} AND "
+                f"{key_predicate(range_end)})")
     return f"SELECT count(*) FROM ({_latest_versions(range_end, 'key, deleted', '')}) h WHERE NOT deleted"
 
 
@@ -271,6 +283,11 @@ LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
 WRITE_BATCH = ("SELECT * FROM k8s_sql_write_v1(%s::smallint[], %s::bytea[], %s::bytea[], %s::bytea[], "
                "%s::bigint[], %s::int[], %s::smallint[], %s::smallint[], %s::bigint[], %s::bytea[], "
                "%s::smallint[], %s::smallint[], %s::boolean)")
+#: The same for a batch of one request, without the per-call subtransaction (schema migration
+#: 5): a failure of its own raises instead of being answered with code 3.
+WRITE_ONE = ("SELECT * FROM k8s_sql_write_v2(%s::smallint[], %s::bytea[], %s::bytea[], %s::bytea[], "
+             "%s::bigint[], %s::int[], %s::smallint[], %s::smallint[], %s::bigint[], %s::bytea[], "
+             "%s::smallint[], %s::smallint[])")
 #: The revision counter, locked for the writer's transaction (orders every shim's batches).
 LOCK_META = "SELECT revision, compact_revision FROM meta FOR UPDATE"
 SET_REVISION = "UPDATE meta SET revision = %(rev)s"

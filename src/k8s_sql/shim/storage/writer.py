@@ -10,9 +10,12 @@ acknowledged write is durable.
 
 Put, DeleteRange and kube-apiserver's guarded txns (:mod:`.batch`) are applied by the
 database function of schema migration 4: a batch of only those is one statement, so one
-round trip, with no per-request SQL from Python. Any other request (a general txn,
-compaction, a lease revoke) runs through an :class:`~.apply.Applier` in an explicit
-transaction, in which runs of the former still go to the function together.
+round trip, with no per-request SQL from Python. A batch of one such request (what a
+sequential client makes) goes to migration 5's variant without the function's exception
+block, a subtransaction that costs 10-25% of a single write (bench/PROFILE.md). Any other
+request (a general txn, compaction, a lease revoke) runs through an
+:class:`~.apply.Applier` in an explicit transaction, in which runs of the former still go
+to the function together.
 
 A request fails alone. Requests check everything etcd refuses before they write, so a
 refused one (a StorageError such as a missing lease) leaves no trace and the batch goes on.
@@ -245,7 +248,17 @@ class Writer:
         and fill their ``results``. Returns (revision after, revision before). Raises _Failed
         for a request that failed alone when not ``isolate``."""
         params = arrays([batch[i][0] for i in indexes], isolate)
-        rows = await (await conn.execute(queries.WRITE_BATCH, params, prepare=True)).fetchall()
+        if len(indexes) == 1 and not isolate:
+            # one request (a sequential client's): the function without the subtransaction
+            # that only serves to name the failed request of several
+            try:
+                rows = await (await conn.execute(queries.WRITE_ONE, params[:-1], prepare=True)).fetchall()
+            except psycopg.Error as e:
+                if datastore_failed(e, conn):
+                    raise
+                raise _Failed(indexes[0], _own_failure(f"{e.sqlstate}: {first_line(e)}" if e.sqlstate else e)) from e
+        else:
+            rows = await (await conn.execute(queries.WRITE_BATCH, params, prepare=True)).fetchall()
         kvs: list[KeyValue] = []
         for i, code, rev, ok, n, *kv, err in rows:
             if i == 0:  # the summary, always last
