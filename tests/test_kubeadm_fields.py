@@ -6,10 +6,10 @@ The field table, tests/fixtures/kubeadm/fields.yaml, lists the JSON field names 
 kubeadm's configuration types (v1beta3, v1beta4) and the flags of the kubeadm commands
 k8s-sql runs, taken from kubeadm's Go types and reference pages. Rendered here:
 InitConfiguration + ClusterConfiguration (``init``) for every supported API version and
-several configurations, UpgradeConfiguration (``upgrade``, v1beta4); and the flags of the
-``kubeadm init`` and ``kubeadm upgrade`` command lines. ``join`` renders no JoinConfiguration
-(it runs the join command the first node prints, plus flags), so the table's
-JoinConfiguration has no rendered document to check yet."""
+several configurations, UpgradeConfiguration (``upgrade``, v1beta4), JoinConfiguration
+(``join``, worker and control plane) for every supported API version; and the flags of the
+``kubeadm init``, ``join`` and ``upgrade`` command lines, including kubeadm's rule that
+``--config`` mixes with few other flags."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from k8s_sql.phases import upgrade as up
 from k8s_sql.phases.base import Context
 from k8s_sql.host import LocalHost
 from k8s_sql.phases.kubeadm_init import kubeadm_argv
+from k8s_sql.phases.join import parse_join_command
 
 TABLE = yaml.safe_load((Path(__file__).parent / "fixtures/kubeadm/fields.yaml").read_text())
 
@@ -121,3 +122,68 @@ def test_kubeadm_flags_k8s_sql_passes(target):
         argv = up.kubeadm_upgrade_argv(ctx, up.UpgradeOptions(mode, target))
         assert argv[:3] == ["kubeadm", "upgrade", mode]
         assert set(flags(argv)) <= set(TABLE["flags"][f"upgrade {mode}"])
+
+
+JOIN_LINE = ("kubeadm join 192.0.2.10:6443 --token abcdef.0123456789abcdef "
+             "--discovery-token-ca-cert-hash sha256:" + "ab" * 32)
+
+
+@pytest.mark.parametrize("version", ["v1.22.0", "v1.30.14", "v1.31.0", "v1.34.2"])
+@pytest.mark.parametrize("role", ["worker", "control-plane", "control-plane-default-address"])
+def test_rendered_join_configuration(version, role):
+    cfg = Cluster()
+    cfg.kubernetes.version = version
+    cp = None
+    if role != "worker":
+        cp = kconfig.JoinControlPlane("c0" * 32, "192.0.2.12" if role == "control-plane" else None)
+    doc = yaml.safe_load(kconfig.render_join(cfg, parse_join_command(JOIN_LINE), node_name="node2",
+                                             cri_socket="unix:///var/run/crio/crio.sock", control_plane=cp))
+    api = kconfig.api_version(version).split("/")[1]
+    assert doc["apiVersion"] == f"kubeadm.k8s.io/{api}" and doc["kind"] == "JoinConfiguration"
+    assert unknown_fields(doc, api) == []
+    assert doc["discovery"]["bootstrapToken"] == {"apiServerEndpoint": "192.0.2.10:6443",
+                                                  "token": "abcdef.0123456789abcdef",
+                                                  "caCertHashes": ["sha256:" + "ab" * 32]}
+    assert doc["nodeRegistration"] == {"name": "node2", "criSocket": "unix:///var/run/crio/crio.sock"}
+    if cp is None:  # a worker runs no static pod: no patches, no controlPlane
+        assert "controlPlane" not in doc and "patches" not in doc
+    else:
+        assert doc["patches"] == {"directory": "/etc/k8s-sql/patches"}
+        assert doc["controlPlane"]["certificateKey"] == "c0" * 32
+        assert doc["controlPlane"]["localAPIEndpoint"] == (
+            {"advertiseAddress": "192.0.2.12", "bindPort": 6443} if role == "control-plane" else {"bindPort": 6443})
+
+
+def test_join_command_parsing():
+    """Both spellings kubeadm accepts (``--flag value``, ``--flag=value``), hashes repeated;
+    a line without a token is refused without echoing the line (it may hold a secret)."""
+    d = parse_join_command("kubeadm join [2001:db8::1]:6443 --token=t.x --discovery-token-ca-cert-hash sha256:a "
+                           "--discovery-token-ca-cert-hash=sha256:b")
+    assert (d.api_server_endpoint, d.token, d.ca_cert_hashes) == ("[2001:db8::1]:6443", "t.x", ("sha256:a", "sha256:b"))
+    from k8s_sql.errors import K8sSqlError
+
+    with pytest.raises(K8sSqlError, match="has no --token") as e:
+        parse_join_command("kubeadm join 10.0.0.1:6443 --discovery-token-ca-cert-hash sha256:secretish")
+    assert "secretish" not in str(e.value)
+
+
+def test_the_join_plan_runs_kubeadm_join_with_config_only(tmp_path):
+    """kubeadm refuses --config mixed with the discovery, --control-plane and --patches flags:
+    join passes the file alone; init passes only flags kubeadm allows beside --config."""
+    from k8s_sql.phases.base import Action
+    from k8s_sql.phases.join import Join
+
+    cfg = Cluster()
+    first = tmp_path / "first"
+    (first / "etc/kubernetes").mkdir(parents=True)
+    (first / "etc/kubernetes/admin.conf").write_text("kind: Config\n")
+    cp = Context(host=LocalHost(root=str(first)), config=cfg)
+    node = Context(host=LocalHost(root=str(tmp_path / "node")), config=Cluster(), dry_run=True)
+    actions = [c for c in Join(cp, control_plane=False).plan(node) if isinstance(c, Action)]
+    argvs = [a for c in actions for a in c.argvs if a[:2] == ["kubeadm", "join"]]
+    assert argvs == [["kubeadm", "join", "--config", kconfig.join_config_path(node.config)]]
+    allowed = set(TABLE["with_config"])
+    for argv in (*argvs, kubeadm_argv(node)):
+        assert "--config" in argv
+        assert {f for f in flags(argv) if not f.startswith("--skip-")} <= allowed, argv
+        assert set(flags(argv)) <= set(TABLE["flags"][argv[1]])

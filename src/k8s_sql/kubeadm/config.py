@@ -1,7 +1,8 @@
 """The kubeadm configuration files: InitConfiguration + ClusterConfiguration (``init``),
-and UpgradeConfiguration (``upgrade``, v1beta4 only).
+JoinConfiguration (``join``) and UpgradeConfiguration (``upgrade``, v1beta4 only).
 
-Built from ``templates/kubeadm/<apiVersion>.yaml`` (and ``upgrade-v1beta4.yaml``) with
+Built from ``templates/kubeadm/<apiVersion>.yaml`` (and ``join-<apiVersion>.yaml``,
+``upgrade-v1beta4.yaml``) with
 values set in code (no text templating). Semantics: kubeadm configuration API, kubeadm.k8s.io/v1beta3 (kubeadm
 1.22–1.30) and v1beta4 (kubeadm >= 1.31). Both versions share every field used here
 (localAPIEndpoint, nodeRegistration.criSocket, patches.directory, networking,
@@ -10,6 +11,9 @@ lists of name/value pairs, it adds timeouts), which k8s-sql does not set.
 """
 
 from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
 
 from k8s_sql.config import Cluster
 from k8s_sql.errors import K8sSqlError
@@ -104,8 +108,6 @@ def render(cfg: Cluster, *, advertise_address: str, cri_socket: str) -> str:
 def upgrade_config_path(cfg: Cluster) -> str:
     """Where ``k8s-sql upgrade`` writes kubeadm's UpgradeConfiguration: ``kubeadm-upgrade.yaml``
     beside ``paths.kubeadmConfig``."""
-    import posixpath
-
     return posixpath.join(posixpath.dirname(cfg.paths.kubeadm_config), "kubeadm-upgrade.yaml")
 
 
@@ -129,5 +131,75 @@ def render_upgrade(cfg: Cluster, target_version: str) -> str | None:
     doc["node"]["patches"]["directory"] = cfg.paths.patches_dir
     if doc["apiVersion"] != version:
         raise K8sSqlError(f"template {path} has apiVersion {doc['apiVersion']}, expected {version}",
+                          hint="reinstall k8s-sql; its templates are damaged")
+    return yamlio.dump(doc)
+
+
+def join_config_path(cfg: Cluster) -> str:
+    """Where ``k8s-sql join`` writes kubeadm's JoinConfiguration on the joining node:
+    ``kubeadm-join.yaml`` beside ``paths.kubeadmConfig`` (0600, removed after the join)."""
+    return posixpath.join(posixpath.dirname(cfg.paths.kubeadm_config), "kubeadm-join.yaml")
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Token discovery, as ``kubeadm token create --print-join-command`` prints it:
+    ``api_server_endpoint`` (``host:port``), the bootstrap ``token`` (``abcdef.0123456789abcdef``,
+    a secret) and ``ca_cert_hashes`` (``sha256:<hex>``, the CA's public key pins)."""
+
+    api_server_endpoint: str
+    token: str
+    ca_cert_hashes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JoinControlPlane:
+    """JoinConfiguration.controlPlane: the ``certificate_key`` (64 hex digits, a secret:
+    it decrypts the kubeadm-certs Secret) and the API server's advertise address
+    (``None``: kubeadm takes the default route's address)."""
+
+    certificate_key: str
+    advertise_address: str | None = None
+
+
+def render_join(cfg: Cluster, discovery: Discovery, *, node_name: str, cri_socket: str,
+                control_plane: JoinControlPlane | None = None) -> str:
+    """kubeadm's JoinConfiguration for the joining node whose configuration is ``cfg``
+    (its ``kubernetes.version`` picks the API version, as for :func:`render`):
+    ``discovery.bootstrapToken``, ``nodeRegistration`` (``name``, ``criSocket``; no
+    kubeletExtraArgs, as :func:`render` sets none), and for a control plane ``controlPlane``
+    (``localAPIEndpoint``, ``certificateKey``) and ``patches.directory`` (``paths.patchesDir``,
+    where the sidecar patch is: kubeadm applies patches only when told). A worker gets
+    neither: kubeadm writes no static pod there. The text holds the token and the
+    certificate key: write it 0600, never print it.
+
+    Semantics: kubeadm configuration API v1beta3/v1beta4, JoinConfiguration.
+
+    Raises:
+        K8sSqlError: as :func:`api_version`; a damaged template.
+    """
+    version = api_version(cfg.kubernetes.version)
+    path = template_path("kubeadm", f"join-{version.split('/')[1]}.yaml")
+    doc = yamlio.load(path.read_text(), str(path))
+    token = doc["discovery"]["bootstrapToken"]
+    token["apiServerEndpoint"] = discovery.api_server_endpoint
+    token["token"] = discovery.token
+    token["caCertHashes"] = list(discovery.ca_cert_hashes)
+    doc["nodeRegistration"]["name"] = node_name
+    doc["nodeRegistration"]["criSocket"] = cri_socket
+    if control_plane is None:
+        del doc["controlPlane"]
+        del doc["patches"]
+    else:
+        endpoint = doc["controlPlane"]["localAPIEndpoint"]
+        if control_plane.advertise_address:
+            endpoint["advertiseAddress"] = control_plane.advertise_address
+        else:  # kubeadm's default: the address of the default route
+            del endpoint["advertiseAddress"]
+        endpoint["bindPort"] = APISERVER_PORT
+        doc["controlPlane"]["certificateKey"] = control_plane.certificate_key
+        doc["patches"]["directory"] = cfg.paths.patches_dir
+    if doc["apiVersion"] != version or doc["kind"] != "JoinConfiguration":
+        raise K8sSqlError(f"template {path} is {doc['apiVersion']} {doc['kind']}, expected {version} JoinConfiguration",
                           hint="reinstall k8s-sql; its templates are damaged")
     return yamlio.dump(doc)
