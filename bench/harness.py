@@ -185,14 +185,31 @@ def run(args) -> tuple[str, Results]:
                     pg, "pgbench", clients, sizes["pgbench_s"], work))
     finally:
         stop_all(shims, etcd, pg, work)
-    out_dir = args.output or RESULTS
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-{socket.gethostname()}"
-                        + ("-quick" if args.quick else ""))
+    stem = results_stem(args.output, socket.gethostname() + ("-quick" if args.quick else ""))
     res.write_markdown(stem + ".md")
     res.write_csv(stem + ".csv")
     res.write_chart(stem + ".png")
     return stem, res
+
+
+def results_stem(output: str, name: str) -> str:
+    """``<output or bench/results>/<UTC date>-<name>``, the directory made: where a scenario
+    writes its ``.md``/``.csv``/``.png``."""
+    out_dir = output or RESULTS
+    os.makedirs(out_dir, exist_ok=True)
+    return os.path.join(out_dir, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-{name}")
+
+
+def run_and_print(run, args, written: str = ".md, .csv") -> int:
+    """A scenario's ``main`` after its flags: SIGTERM unwinds like Ctrl-C (so etcd, the shims
+    and PostgreSQL are stopped), ``run(args)`` returns the results' stem, whose Markdown is
+    printed; returns exit status 0."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stem = run(args)
+    with open(stem + ".md") as f:
+        print(f.read())
+    log(f"wrote {stem}{written}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,10 +224,4 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from k8s_sql.shim.workers import parse_workers
     args.shim_workers = parse_workers(args.shim_workers).workers
-    # SIGTERM unwinds like Ctrl-C so etcd, the shims and PostgreSQL are stopped
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    stem, res = run(args)
-    with open(stem + ".md") as f:
-        print(f.read())
-    log(f"wrote {stem}.md, .csv, .png")
-    return 0
+    return run_and_print(lambda a: run(a)[0], args, ".md, .csv, .png")

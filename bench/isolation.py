@@ -33,12 +33,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import datetime
 import math
 import os
 import random
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -46,7 +44,7 @@ import threading
 import time
 
 from bench import tooldriver
-from bench.harness import RESULTS, log, machine_info, stop_all
+from bench.harness import log, machine_info, results_stem, run_and_print, stop_all
 from bench.services import EtcdServer, Shim, start_postgres
 from bench.tool import build_benchmark
 
@@ -298,9 +296,7 @@ def run(args) -> str:
                         x["ratio"] = x["put_rate"] / clean
     finally:
         stop_all([shim], etcd, pg, work)
-    out_dir = args.output or RESULTS
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-isolation")
+    stem = results_stem(args.output, "isolation")
     if args.note:
         meta["conditions"] = args.note
     write_results(stem, meta, rows)
@@ -315,12 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default="", help="directory for the .md/.csv (default bench/results)")
     p.add_argument("--note", default="", help="machine conditions to state in the results (e.g. other load)")
     args = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    stem = run(args)
-    with open(stem + ".md") as f:
-        print(f.read())
-    log(f"wrote {stem}.md, .csv")
-    return 0
+    return run_and_print(run, args)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import concurrent.futures
 import datetime
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.harness import git_version
+from bench.harness import git_version, results_stem, run_and_print
 from bench.report import Figure, Results
 from bench.services import ROOT, cpu_seconds, process_tree
 
@@ -218,10 +217,7 @@ def run(args) -> str:
         for store in stores.values():
             store.stop()
         shutil.rmtree(work, ignore_errors=True)
-    out_dir = args.output or os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-kube"
-                        + ("-quick" if args.quick else ""))
+    stem = results_stem(args.output, "kube" + ("-quick" if args.quick else ""))
     res.write_markdown(stem + ".md")
     res.write_csv(stem + ".csv")
     res.write_chart(stem + ".png")
@@ -239,12 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.objects, args.rounds = 16, 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    stem = run(args)
-    with open(stem + ".md") as f:
-        print(f.read())
-    log(f"wrote {stem}.md, .csv, .png")
-    return 0
+    return run_and_print(run, args, ".md, .csv, .png")
 
 
 if __name__ == "__main__":

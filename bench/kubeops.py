@@ -30,7 +30,7 @@ import time
 
 import grpc
 
-from bench.harness import git_version, log, stop_all
+from bench.harness import git_version, log, results_stem, run_and_print, stop_all
 from bench.k8s_run import _prefix_end, _watcher_main
 from bench.report import Figure, Results
 from bench.services import ROOT, EtcdServer, Shim, cpu_seconds, start_postgres
@@ -156,9 +156,7 @@ def run(args) -> str:
                                                           res.values[system]["delete_ms"][-1]))
     finally:
         stop_all(shims, etcd, pg, work)
-    out_dir = args.output or os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-kubeops")
+    stem = results_stem(args.output, "kubeops")
     res.write_markdown(stem + ".md")
     res.write_csv(stem + ".csv")
     return stem
@@ -173,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="", help="conditions of the run, written into the results")
     p.add_argument("--output", default="", help="directory for the .md/.csv (default bench/results)")
     args = p.parse_args(argv)
-    stem = run(args)
-    log(f"wrote {stem}.md, .csv")
-    return 0
+    return run_and_print(run, args)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import datetime
 import math
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import threading
 import time
 
 from bench import tooldriver
-from bench.harness import git_version
+from bench.harness import git_version, results_stem, run_and_print
 from bench.report import _fmt
 from bench.services import ROOT, Shim, start_postgres
 from bench.tool import build_benchmark
@@ -245,10 +244,7 @@ def run(args) -> str:
         if pg:
             pg.destroy()
         shutil.rmtree(work, ignore_errors=True)
-    out_dir = args.output or os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-scale"
-                        + ("-quick" if args.quick else ""))
+    stem = results_stem(args.output, "scale" + ("-quick" if args.quick else ""))
     write_results(stem, meta, rows, facts)
     return stem
 
@@ -265,12 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in (QUICK if args.quick else FULL).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    stem = run(args)
-    with open(stem + ".md") as f:
-        print(f.read())
-    log(f"wrote {stem}.md, .csv")
-    return 0
+    return run_and_print(run, args)
 
 
 if __name__ == "__main__":

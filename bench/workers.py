@@ -19,9 +19,9 @@ import sys
 import tempfile
 
 from bench import tooldriver
-from bench.harness import _put_key
+from bench.harness import _put_key, results_stem
 from bench.report import _fmt
-from bench.services import ROOT, Shim, cpu_seconds, start_postgres
+from bench.services import Shim, cpu_seconds, start_postgres
 from bench.tool import build_benchmark
 
 FIGURES = [("put_64_rate", "req/s", "put, 64 clients"), ("txn_put_64_rate", "req/s", "txn-put, 64 clients"),
@@ -97,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             v = values[n].get(fig, [])
             cells.append(f"{_fmt(statistics.median(v))} ({_fmt(min(v))}–{_fmt(max(v))})" if v else "n/a")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    out_dir = args.output or os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-workers.md")
+    path = results_stem(args.output, "workers") + ".md"
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
