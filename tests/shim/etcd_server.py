@@ -21,6 +21,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
+from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 from procs import stop_process
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -217,7 +220,6 @@ def secure_channel(target):
     """An mTLS gRPC channel to ``target`` (an :class:`EtcdServer` with TLS, or a shim
     handle): anything with ``endpoint`` (``https://host:port``), ``ca_file``, ``cert_file``
     and ``key_file``."""
-    import grpc
 
     def read(path):
         with open(path, "rb") as f:
@@ -225,3 +227,49 @@ def secure_channel(target):
 
     creds = grpc.ssl_channel_credentials(read(target.ca_file), read(target.key_file), read(target.cert_file))
     return grpc.secure_channel(target.endpoint.removeprefix("https://"), creds)
+
+class Both:
+    """One etcd and one shim (``EtcdServer``s, TLS) that started empty and receive the same requests."""
+
+    def __init__(self, etcd, shim):
+        self.channels = {"etcd": secure_channel(etcd), "shim": secure_channel(shim)}
+
+    def call(self, service: str, method: str, request):
+        """Send ``request`` to both; return {name: response} (both must succeed)."""
+        out = {}
+        for name, ch in self.channels.items():
+            stub = getattr(rpc_pb2_grpc, f"{service}Stub")(ch)
+            out[name] = getattr(stub, method)(request, timeout=15)
+        assert out["etcd"].header.revision == out["shim"].header.revision, (method, request)
+        return out
+
+    def put(self, key: bytes, value: bytes, lease: int = 0):
+        return self.call("KV", "Put", rpc_pb2.PutRequest(key=key, value=value, lease=lease))
+
+    def revision(self) -> int:
+        return self.call("KV", "Range", rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", count_only=True))[
+            "etcd"].header.revision
+
+    def hashkv(self, revision: int) -> dict:
+        """HashKV(revision) on both: {name: (hash, compact_revision, header revision) or (code, message)}."""
+        out = {}
+        for name, ch in self.channels.items():
+            try:
+                r = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(rpc_pb2.HashKVRequest(revision=revision), timeout=15)
+                out[name] = (r.hash, r.compact_revision, r.header.revision)
+            except grpc.RpcError as e:
+                out[name] = (e.code(), e.details())
+        return out
+
+    def assert_same_hashkv(self) -> dict[int, tuple]:
+        """HashKV agrees at every revision from -1 to current + 1; returns etcd's answers."""
+        answers = {}
+        for rev in range(-1, self.revision() + 2):
+            got = self.hashkv(rev)
+            assert got["shim"] == got["etcd"], f"HashKV({rev}): shim {got['shim']} != etcd {got['etcd']}"
+            answers[rev] = got["etcd"]
+        return answers
+
+    def close(self):
+        for ch in self.channels.values():
+            ch.close()

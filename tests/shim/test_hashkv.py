@@ -21,7 +21,7 @@ import subprocess
 import grpc
 import pytest
 
-from etcd_server import ETCDCTL, EtcdServer, make_tls, secure_channel
+from etcd_server import ETCDCTL, Both, EtcdServer, make_tls
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 
 LEASE = 0x5EED
@@ -34,51 +34,6 @@ def etcd(tmp_path):
     server.stop()
 
 
-class Both:
-    """One etcd and one shim that started empty and receive the same requests."""
-
-    def __init__(self, etcd, shim):
-        self.channels = {"etcd": secure_channel(etcd), "shim": secure_channel(shim)}
-
-    def call(self, service: str, method: str, request):
-        """Send ``request`` to both; return {name: response} (both must succeed)."""
-        out = {}
-        for name, ch in self.channels.items():
-            stub = getattr(rpc_pb2_grpc, f"{service}Stub")(ch)
-            out[name] = getattr(stub, method)(request, timeout=15)
-        assert out["etcd"].header.revision == out["shim"].header.revision, (method, request)
-        return out
-
-    def put(self, key: bytes, value: bytes, lease: int = 0):
-        return self.call("KV", "Put", rpc_pb2.PutRequest(key=key, value=value, lease=lease))
-
-    def revision(self) -> int:
-        return self.call("KV", "Range", rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", count_only=True))[
-            "etcd"].header.revision
-
-    def hashkv(self, revision: int) -> dict:
-        """HashKV(revision) on both: {name: (hash, compact_revision, header revision) or (code, message)}."""
-        out = {}
-        for name, ch in self.channels.items():
-            try:
-                r = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(rpc_pb2.HashKVRequest(revision=revision), timeout=15)
-                out[name] = (r.hash, r.compact_revision, r.header.revision)
-            except grpc.RpcError as e:
-                out[name] = (e.code(), e.details())
-        return out
-
-    def assert_same_hashkv(self) -> dict[int, tuple]:
-        """HashKV agrees at every revision from -1 to current + 1; returns etcd's answers."""
-        answers = {}
-        for rev in range(-1, self.revision() + 2):
-            got = self.hashkv(rev)
-            assert got["shim"] == got["etcd"], f"HashKV({rev}): shim {got['shim']} != etcd {got['etcd']}"
-            answers[rev] = got["etcd"]
-        return answers
-
-    def close(self):
-        for ch in self.channels.values():
-            ch.close()
 
 
 def test_hashkv_equals_etcd_for_the_same_history(etcd, shim_factory):

@@ -31,7 +31,7 @@ import sys
 import grpc
 import pytest
 
-from etcd_server import ETCDCTL, EtcdServer, free_port, make_tls, secure_channel
+from etcd_server import ETCDCTL, Both, EtcdServer, free_port, make_tls, secure_channel
 from k8s_sql.shim.etcdpb import rpc_pb2, rpc_pb2_grpc
 from k8s_sql.snapshot.etcdsnap import EtcdSnapshot, SnapshotError
 
@@ -62,25 +62,6 @@ def restore(snapshot, base_dir) -> subprocess.CompletedProcess:
                    "--initial-advertise-peer-urls", peer, check=False)
 
 
-class Both:
-    """An etcd and a shim that started empty and receive the same requests."""
-
-    def __init__(self, etcd, shim):
-        self.channels = {"etcd": secure_channel(etcd), "shim": secure_channel(shim)}
-
-    def call(self, service: str, method: str, request):
-        out = {}
-        for name, ch in self.channels.items():
-            out[name] = getattr(getattr(rpc_pb2_grpc, f"{service}Stub")(ch), method)(request, timeout=30)
-        assert out["etcd"].header.revision == out["shim"].header.revision, (method, request)
-        return out["etcd"]
-
-    def put(self, key: bytes, value: bytes, lease: int = 0):
-        return self.call("KV", "Put", rpc_pb2.PutRequest(key=key, value=value, lease=lease))
-
-    def close(self):
-        for ch in self.channels.values():
-            ch.close()
 
 
 def build_history(both: Both) -> dict:
@@ -101,14 +82,14 @@ def build_history(both: Both) -> dict:
     both.put(b"/registry/big", os.urandom(3 * 4096 + 100))  # larger than a bbolt page
     for i in range(400):  # several leaf pages and a branch level in bucket "key"
         both.put(b"/registry/many/%04d" % i, b"v" * (i % 40))
-    compact = both.call("KV", "DeleteRange", rpc_pb2.DeleteRangeRequest(key=b"/registry/gone")).header.revision
+    compact = both.call("KV", "DeleteRange", rpc_pb2.DeleteRangeRequest(key=b"/registry/gone"))["etcd"].header.revision
     both.call("KV", "Compact", rpc_pb2.CompactionRequest(revision=compact, physical=True))
     both.put(b"/registry/a", b"4")
     both.put(b"/registry/b", b"back")  # re-created after its delete
     both.call("KV", "DeleteRange", rpc_pb2.DeleteRangeRequest(key=b"/registry/t/", range_end=b"/registry/t0"))
     for i in range(0, 400, 7):
         both.put(b"/registry/many/%04d" % i, b"new")
-    rev = both.put(b"/registry/leased/3", b"z", lease=LEASE).header.revision
+    rev = both.put(b"/registry/leased/3", b"z", lease=LEASE)["etcd"].header.revision
     return {"compact": compact, "revision": rev}
 
 

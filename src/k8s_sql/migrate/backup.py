@@ -28,6 +28,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from k8s_sql.errors import K8sSqlError
+from k8s_sql.migrate import datastore
 from k8s_sql.shim.storage import queries
 
 
@@ -58,13 +59,6 @@ def _sha256(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def _connect(conninfo: str) -> psycopg.Connection:
-    try:
-        return psycopg.connect(conninfo, connect_timeout=10)
-    except psycopg.Error as e:
-        raise K8sSqlError(f"cannot connect to the datastore: {' '.join(str(e).split())}",
-                          hint="check --datastore or the configuration's postgres section") from None
 
 
 def _meta(conn: psycopg.Connection) -> tuple[int, int] | None:
@@ -105,7 +99,7 @@ def backup(conninfo: str, output: Path, bindir: str | None = None) -> BackupInfo
     pg_dump = _tool("pg_dump", bindir)
     output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = output.with_name(f".{output.name}.partial")
-    with _connect(conninfo) as conn:
+    with datastore.open_connection(conninfo) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         meta = _meta(conn)
@@ -173,7 +167,7 @@ def restore(conninfo: str, archive: Path, *, replace: bool = False, bump_revisio
     """
     info = read_info(archive)
     pg_restore = _tool("pg_restore", bindir)
-    with _connect(conninfo) as conn:
+    with datastore.open_connection(conninfo) as conn:
         meta = _meta(conn)
     if meta is not None and meta[0] > 1 and not replace:
         raise K8sSqlError(f"the datastore holds data at revision {meta[0]}; restoring replaces all of it "
@@ -181,7 +175,7 @@ def restore(conninfo: str, archive: Path, *, replace: bool = False, bump_revisio
                           hint="stop kube-apiserver (and its shim sidecar) and add --replace")
     _run([pg_restore, "--clean", "--if-exists", "--single-transaction", "--no-owner", "--no-privileges",
           f"--dbname={conninfo}", str(archive)], "pg_restore")
-    with _connect(conninfo) as conn, conn.transaction():
+    with datastore.open_connection(conninfo) as conn, conn.transaction():
         conn.execute(queries.RESTORE_RENEW_LEASES)
         if bump_revision > 0:
             conn.execute(queries.MIGRATE_TRIM_COMPACTED, {"compact": info.revision})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import psycopg
+
 from k8s_sql.config import Cluster
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.pg import connect
@@ -31,3 +33,16 @@ def datastore_conninfo(cfg: Cluster, datastore: str | None) -> str:
         conninfo, _ = connect.external_conninfo(cfg.postgres.uri)
         return conninfo
     return connect.local_conninfo(cfg)
+
+
+def open_connection(conninfo: str) -> psycopg.Connection:
+    """A connection to the datastore (10 s connect timeout).
+
+    Raises:
+        K8sSqlError: PostgreSQL cannot be reached or refuses the login (libpq's message).
+    """
+    try:
+        return psycopg.connect(conninfo, connect_timeout=10)
+    except psycopg.Error as e:
+        raise K8sSqlError(f"cannot connect to the datastore: {' '.join(str(e).split())}",
+                          hint="check --datastore (a libpq URI) or the configuration's postgres section") from None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import psycopg
 
 from k8s_sql.errors import K8sSqlError
+from k8s_sql.migrate import datastore
 from k8s_sql.migrate.model import Expected, Source
 from k8s_sql.shim.api.maintenance import BucketHash
 from k8s_sql.shim.storage import queries, schema
@@ -56,13 +57,6 @@ class ImportResult:
                 f"{self.leases} leases; {self.log_rows} versions of history from compact revision "
                 f"{self.compact_revision} (reads below it answer 'required revision has been compacted')")
 
-
-def _connect(conninfo: str) -> psycopg.Connection:
-    try:
-        return psycopg.connect(conninfo, connect_timeout=10)
-    except psycopg.Error as e:
-        raise K8sSqlError(f"cannot connect to the datastore: {' '.join(str(e).split())}",
-                          hint="check --datastore (a libpq URI) or the configuration's postgres section") from None
 
 
 async def _migrate_schema(conninfo: str) -> None:
@@ -126,7 +120,7 @@ def import_source(conninfo: str, source: Source, progress: Callable[[int, int], 
         K8sSqlError: the datastore or the source cannot be reached (rolled back).
     """
     ensure_schema(conninfo)
-    with _connect(conninfo) as conn:
+    with datastore.open_connection(conninfo) as conn:
         try:
             return _import(conn, source, progress, before_commit)
         except psycopg.Error as e:
@@ -182,7 +176,7 @@ def holds_copy_of(conninfo: str, source: Source) -> ImportResult | None:
     revision, same live key count and HashKV. Returns what was verified, or ``None``.
 
     Raises K8sSqlError when the datastore cannot be read."""
-    with _connect(conninfo) as conn:
+    with datastore.open_connection(conninfo) as conn:
         try:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
