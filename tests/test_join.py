@@ -3,7 +3,9 @@
 kubeadm cannot run here: a stand-in ``kubeadm`` shell script (first on PATH locally and,
 through sshd's SetEnv, in the SSH sessions) logs its arguments, prints a join command for
 ``token create --print-join-command``, a certificate key for ``init phase upload-certs``,
-and on ``join`` writes kubelet.conf as kubeadm does. The prereqs phase is skipped (it
+and on ``join --config FILE`` keeps a copy of FILE and its mode (the test reads the
+JoinConfiguration kubeadm would get) and writes kubelet.conf as kubeadm does; ``join``
+without ``--config`` fails, as a real kubeadm would be misconfigured. The prereqs phase is skipped (it
 would install packages on this machine; it has its own tests), and so is the shim phase
 (it builds an image with a container runtime).
 
@@ -21,6 +23,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,7 @@ import time
 
 import psycopg
 import pytest
+import yaml
 from rich.console import Console
 
 from k8s_sql.cli.common import make_context
@@ -53,7 +57,8 @@ case "$1 $2" in
   "token create") echo "kubeadm join 192.0.2.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {CA_HASH} " ;;
   "init phase") echo "[upload-certs] Storing the certificates in Secret kubeadm-certs"
                 echo "[upload-certs] Using certificate key:"; echo "{CERT_KEY}" ;;
-  "join "*) mkdir -p "$(dirname "{{kubelet_conf}}")"; echo "kind: Config" >"{{kubelet_conf}}"
+  "join --config") cp "$3" "{{join_config}}"; stat -c %a "$3" >"{{join_config}}.mode"
+            mkdir -p "$(dirname "{{kubelet_conf}}")"; echo "kind: Config" >"{{kubelet_conf}}"
             echo "This node has joined the cluster" ;;
   *) echo "stand-in kubeadm: unexpected $*" >&2; exit 1 ;;
 esac
@@ -67,11 +72,13 @@ def env(tmp_path_factory):
     bindir.mkdir()
     node = base / "node"  # paths of the cluster configuration
     script = bindir / "kubeadm"
-    script.write_text(KUBEADM.format(log=base / "kubeadm.log", kubelet_conf=node / "kubernetes/kubelet.conf"))
+    script.write_text(KUBEADM.format(log=base / "kubeadm.log", kubelet_conf=node / "kubernetes/kubelet.conf",
+                                     join_config=base / "join-config.yaml"))
     script.chmod(0o755)
     path = f"{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     server = Sshd(path=path).start()
-    yield {"base": base, "bin": bindir, "node": node, "sshd": server, "log": base / "kubeadm.log"}
+    yield {"base": base, "bin": bindir, "node": node, "sshd": server, "log": base / "kubeadm.log",
+           "join_config": base / "join-config.yaml"}
     server.stop()
 
 
@@ -86,13 +93,20 @@ def config(env) -> Cluster:
 
 
 def reset_node(env):
-    for p in (env["node"] / "kubernetes/kubelet.conf", env["log"]):
+    for p in (env["node"] / "kubernetes/kubelet.conf", env["log"], env["join_config"],
+              env["join_config"].with_name("join-config.yaml.mode")):
         if p.exists():
             p.unlink()
 
 
 def log(env) -> list[str]:
     return env["log"].read_text().splitlines() if env["log"].exists() else []
+
+
+def join_config(env) -> tuple[dict, str]:
+    """The JoinConfiguration the stand-in kubeadm was given, and the file's mode then."""
+    return (yaml.safe_load(env["join_config"].read_text()),
+            env["join_config"].with_name("join-config.yaml.mode").read_text().strip())
 
 
 def test_worker_join_over_ssh_with_a_fresh_token(env, tmp_path):
@@ -102,7 +116,8 @@ def test_worker_join_over_ssh_with_a_fresh_token(env, tmp_path):
     admin.parent.mkdir(parents=True, exist_ok=True)
     admin.write_text("kind: Config\n")
     cfg_file = tmp_path / "cluster.yaml"
-    cfg_file.write_text(f"apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\npaths: {{kubeconfig: {admin}}}\n")
+    cfg_file.write_text(f"apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\nkubernetes: {{version: v1.28.15}}\n"
+                        f"paths: {{kubeconfig: {admin}, kubeadmConfig: {tmp_path}/kubeadm.yaml}}\n")
     args = [sys.executable, "-m", "k8s_sql", "join", "-c", str(cfg_file), "--host", "root@127.0.0.1",
             "--ssh-port", str(sshd.port), "--ssh-key", sshd.client_key, "--ssh-known-hosts", sshd.known_hosts,
             "--skip-phases", "prereqs"]
@@ -115,10 +130,18 @@ def test_worker_join_over_ssh_with_a_fresh_token(env, tmp_path):
 
     r = subprocess.run(args, capture_output=True, text=True, env=run_env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert log(env) == ["token create --print-join-command --ttl 15m",
-                        f"join 192.0.2.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {CA_HASH}"]
+    path = tmp_path / "kubeadm-join.yaml"
+    assert log(env) == ["token create --print-join-command --ttl 15m", f"join --config {path}"]
+    doc, mode = join_config(env)
+    assert mode == "600"
+    assert doc == {"apiVersion": "kubeadm.k8s.io/v1beta3", "kind": "JoinConfiguration",  # 1.28: v1beta3
+                   "discovery": {"bootstrapToken": {"apiServerEndpoint": "192.0.2.10:6443", "token": TOKEN,
+                                                    "caCertHashes": [CA_HASH]}},
+                   "nodeRegistration": {"name": socket.gethostname().lower(),
+                                        "criSocket": "unix:///var/run/crio/crio.sock"}}
+    assert not path.exists()  # the token's file is gone after the join
     assert "[127.0.0.1] This node has joined the cluster" in r.stdout
-    assert TOKEN not in r.stdout + r.stderr and "--token ***" in r.stdout
+    assert TOKEN not in r.stdout + r.stderr and f"kubeadm join --config {path}" in r.stdout
 
     again = subprocess.run(args, capture_output=True, text=True, env=run_env, timeout=120)
     assert again.returncode == 0 and "already part of a cluster" in again.stdout
@@ -279,9 +302,16 @@ def test_control_plane_join_runs_its_own_shim_against_the_first_nodes_postgresql
         assert (b.mode, b.owner, b.group) == (a.mode, a.owner, a.group), name
     assert local.stat(str(pki / "shim-server.key")).mode == 0o600
     assert "reached: TLSv1.3 as role k8s_sql" in out
-    assert log(env)[-1] == (f"join 192.0.2.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {CA_HASH} "
-                            f"--control-plane --certificate-key {CERT_KEY} --apiserver-advertise-address 192.0.2.12 "
-                            f"--patches {env['node'] / 'k8s-sql/patches'}")
+    path = env["node"] / "k8s-sql/kubeadm-join.yaml"
+    assert log(env)[-1] == f"join --config {path}"
+    doc, mode = join_config(env)
+    assert mode == "600" and not path.exists()
+    assert doc["apiVersion"] == "kubeadm.k8s.io/v1beta4"  # the default version, 1.31 and later
+    assert doc["discovery"] == {"bootstrapToken": {"apiServerEndpoint": "192.0.2.10:6443", "token": TOKEN,
+                                                   "caCertHashes": [CA_HASH]}}
+    assert doc["controlPlane"] == {"localAPIEndpoint": {"advertiseAddress": "192.0.2.12", "bindPort": 6443},
+                                   "certificateKey": CERT_KEY}
+    assert doc["patches"] == {"directory": str(env["node"] / "k8s-sql/patches")}  # where the sidecar patch is
     assert TOKEN not in out and CERT_KEY not in out
 
     # the joining node's shim, started with the sidecar's own command line, serves etcdctl
@@ -361,7 +391,8 @@ def test_cli_join_uses_the_first_nodes_recorded_configuration(env, tmp_path):
                                           f"paths: {{kubeconfig: {first_admin}}}\n")
     cfg_file = tmp_path / "joining.yaml"
     cfg_file.write_text("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\n"
-                        f"paths: {{kubeconfig: {stale}, stateFile: {tmp_path}/state.json}}\n")
+                        f"paths: {{kubeconfig: {stale}, stateFile: {tmp_path}/state.json, "
+                        f"kubeadmConfig: {tmp_path}/kubeadm.yaml}}\n")
     args = [sys.executable, "-m", "k8s_sql", "join", "-c", str(cfg_file), "--host", "root@127.0.0.1",
             "--ssh-port", str(sshd.port), "--ssh-key", sshd.client_key, "--ssh-known-hosts", sshd.known_hosts,
             "--skip-phases", "prereqs"]
@@ -369,4 +400,5 @@ def test_cli_join_uses_the_first_nodes_recorded_configuration(env, tmp_path):
     r = subprocess.run(args, capture_output=True, text=True, env=run_env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"first node's configuration: localhost:{tmp_path}/cluster.yaml" in r.stdout
-    assert log(env)[-1].startswith("join 192.0.2.10:6443")
+    assert log(env)[-1] == f"join --config {tmp_path}/kubeadm-join.yaml"
+    assert join_config(env)[0]["discovery"]["bootstrapToken"]["apiServerEndpoint"] == "192.0.2.10:6443"

@@ -5,7 +5,12 @@ kubeconfig, the datastore pki and PostgreSQL) and the joining node (``node``). P
 
 1. on the joining node: ``prereqs`` (no PostgreSQL on a worker, only psql on a control-plane
    node), and for a control-plane node ``shim`` (the shim's image);
-2. control plane, local PostgreSQL only — on the first node: :class:`AllowClient` adds the
+2. control plane with ``postgres.ha`` — on the joining node: the pg_auto_failover node
+   certificate copied and a PostgreSQL server certificate for its address issued by the
+   first node's CA (:class:`~k8s_sql.phases.postgres_ha.JoinPki`), then a keeper registered
+   with the first node's monitor (:class:`~k8s_sql.phases.postgres_ha.PostgresHa`); its
+   sidecar gets the formation's multi-host URI. Otherwise, local PostgreSQL only — on the
+   first node: :class:`AllowClient` adds the
    address the joining node connects from to ``paths.postgresClients``, then the
    ``postgres`` phase runs there, so PostgreSQL also listens on the first node's advertise
    address and its pg_hba block lets that address in (``hostssl … cert``);
@@ -13,10 +18,15 @@ kubeconfig, the datastore pki and PostgreSQL) and the joining node (``node``). P
    shim and kube-apiserver need are copied from the first node (not the CA key, not
    PostgreSQL's server key), the sidecar patch is rendered with the datastore at the first
    node's address, and a verify-full login from the joining node is checked; then, at
-   apply time (a dry run creates no token), ``kubeadm join`` with a fresh join command from
-   the first node (``kubeadm token create --print-join-command``; for a control plane also
-   ``kubeadm init phase upload-certs --upload-certs`` for the certificate key, ``--patches``).
-   Tokens and keys are never printed. A node that has ``kubelet.conf`` is already joined.
+   apply time (a dry run creates no token), ``kubeadm join --config`` with a JoinConfiguration
+   (:func:`~k8s_sql.kubeadm.config.render_join`) made from a fresh join command of the first
+   node (``kubeadm token create --print-join-command``; for a control plane also ``kubeadm
+   init phase upload-certs --upload-certs`` for the certificate key, and the patches
+   directory). kubeadm refuses ``--config`` beside the discovery, control-plane and patches
+   flags, so everything is in the file. It holds the token and the key: written 0600, removed
+   after a successful join (kept, 0600, after a failed one for inspection: the token expires
+   after 15 minutes, the key after 2 hours); neither is ever printed. A node that has
+   ``kubelet.conf`` is already joined.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from k8s_sql.config import Cluster, load
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.host import Host
 from k8s_sql.phases.kubeadm_init import init_config_path
+from k8s_sql.kubeadm import config as kconfig
 from k8s_sql.kubeadm import node as kubeadm_node
 from k8s_sql.kubeadm import sidecar
 from k8s_sql.kubeadm.cluster import require_control_plane_endpoint
@@ -53,9 +64,43 @@ def kubelet_conf(ctx: Context) -> str:
     return posixpath.join(posixpath.dirname(ctx.config.paths.kubeconfig), "kubelet.conf")
 
 
-def join_command(cp: Host, control_plane: bool) -> list[str]:
-    """A fresh ``kubeadm join`` argv from the first node (token TTL 15 minutes); for a
-    control plane with ``--control-plane --certificate-key KEY``.
+def parse_join_command(line: str) -> kconfig.Discovery:
+    """The discovery of a ``kubeadm join HOST:PORT --token T --discovery-token-ca-cert-hash H``
+    line (kubeadm token create --print-join-command; the hash flag may repeat).
+
+    Raises:
+        K8sSqlError: no endpoint, token or CA hash (the error never contains the line: it
+            holds the token).
+    """
+    argv = shlex.split(line)
+    endpoint, token, hashes = None, None, []
+    i = 2  # after "kubeadm join"
+    while i < len(argv):
+        a = argv[i]
+        name, eq, value = a.partition("=")
+        if name in ("--token", "--discovery-token-ca-cert-hash"):
+            if not eq:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            if name == "--token":
+                token = value
+            else:
+                hashes.append(value)
+        elif not a.startswith("-") and endpoint is None:
+            endpoint = a
+        i += 1
+    if not (endpoint and token and hashes):
+        missing = [n for n, v in (("the API server endpoint", endpoint), ("--token", token),
+                                  ("--discovery-token-ca-cert-hash", hashes)) if not v]
+        raise K8sSqlError(f"the join command the first node printed has no {', '.join(missing)}",
+                          hint="check `kubeadm token create --print-join-command` on the first node")
+    return kconfig.Discovery(endpoint, token, tuple(hashes))
+
+
+def join_discovery(cp: Host, control_plane: bool) -> tuple[kconfig.Discovery, str | None]:
+    """A fresh token discovery from the first node (``kubeadm token create
+    --print-join-command``, token TTL 15 minutes) and, for a control plane, the certificate
+    key of ``kubeadm init phase upload-certs --upload-certs`` (else ``None``). Both secrets.
 
     Raises:
         K8sSqlError: kubeadm on the first node fails or prints something unexpected.
@@ -63,26 +108,36 @@ def join_command(cp: Host, control_plane: bool) -> list[str]:
     res = cp.run(["kubeadm", "token", "create", "--print-join-command", "--ttl", "15m"], check=False)
     lines = [ln for ln in res.stdout.splitlines() if ln.strip().startswith("kubeadm join ")]
     if not res.ok or not lines:
-        raise K8sSqlError(f"`kubeadm token create --print-join-command` failed: {(res.stderr or res.stdout).strip()}",
+        raise K8sSqlError(f"`kubeadm token create --print-join-command` failed: {res.stderr.strip()}",
                           where=cp.name, hint="check that the first node's API server is up (`k8s-sql status`)")
-    argv = shlex.split(lines[-1])
+    discovery = parse_join_command(lines[-1].strip())
+    key = None
     if control_plane:
         res = cp.run(["kubeadm", "init", "phase", "upload-certs", "--upload-certs"], check=False)
         keys = re.findall(r"^([0-9a-f]{64})$", res.stdout, re.M)
         if not res.ok or not keys:
             raise K8sSqlError("`kubeadm init phase upload-certs --upload-certs` gave no certificate key",
-                              where=cp.name, hint=(res.stderr or res.stdout).strip()[-300:] or None)
-        argv += ["--control-plane", "--certificate-key", keys[-1]]
-    return argv
+                              where=cp.name, hint=res.stderr.strip()[-300:] or None)
+        key = keys[-1]
+    return discovery, key
 
 
-def masked(argv: list[str]) -> str:
-    """The command line with the token and certificate key replaced by ``***``."""
-    out, hide = [], False
-    for a in argv:
-        out.append("***" if hide else a)
-        hide = a in ("--token", "--certificate-key")
-    return " ".join(out)
+#: The kernel's host name (uname's nodename), which kubeadm's default node name is.
+HOSTNAME_FILE = "/proc/sys/kernel/hostname"
+
+
+def node_hostname(host: Host) -> str:
+    """The joining node's name as kubeadm defaults it (its host name, lower-cased): the
+    configuration's ``node.name`` is the first node's or this machine's, not the joining one's.
+
+    Raises:
+        K8sSqlError: the node's host name cannot be read.
+    """
+    name = (host.read_text(HOSTNAME_FILE) or "").strip().lower()
+    if not name:
+        raise K8sSqlError("cannot read the joining node's host name (kubeadm's node name)",
+                          where=f"{host.name}:{HOSTNAME_FILE}", hint="set the node's host name (hostnamectl)")
+    return name
 
 
 def first_node_config(cp: Host, joining: Cluster) -> tuple[Cluster, str]:
@@ -138,18 +193,20 @@ class Join(Phase):
         datastore_host: the address of the first node's PostgreSQL as the joining node's
             shim reaches it (control plane, local PostgreSQL); ``None`` keeps
             ``postgres.host``/``postgres.uri`` as configured.
-        extra_args: more ``kubeadm join`` arguments (``--apiserver-advertise-address …``).
+        apiserver_advertise_address: a control plane's
+            JoinConfiguration.controlPlane.localAPIEndpoint.advertiseAddress (``None``:
+            kubeadm's default, the default route's address).
     """
 
     name = "join"
     title = "kubeadm join with a fresh token from the first control-plane node"
 
     def __init__(self, cp: Context, control_plane: bool = False, datastore_host: str | None = None,
-                 extra_args: list[str] | None = None):
+                 apiserver_advertise_address: str | None = None):
         self.cp = cp
         self.control_plane = control_plane
         self.datastore_host = datastore_host
-        self.extra_args = list(extra_args or [])
+        self.apiserver_advertise_address = apiserver_advertise_address
 
     def shim_config(self, ctx: Context):
         """The joining node's configuration with the first node's PostgreSQL as datastore."""
@@ -166,24 +223,28 @@ class Join(Phase):
                               markup=False, highlight=False)
             return []
         changes: list[Change] = []
-        extra = list(self.extra_args)
         if self.control_plane:
             changes += self._control_plane_files(ctx)
             cfg = self.shim_config(ctx)
             conninfo = connect.local_conninfo(cfg) if cfg.postgres.mode == "local" else \
                 connect.external_conninfo(cfg.postgres.uri)[0]
+            where = f"{cfg.postgres.host}:{cfg.postgres.port}"
+            if cfg.postgres.mode == "local" and cfg.postgres.ha.enabled:  # the formation's multi-host URI
+                conninfo, where = sidecar.datastore_uri(cfg), "the formation's primary"
             changes.append(Action(
-                f"check that {ctx.host.name} logs in to PostgreSQL at {cfg.postgres.host}:{cfg.postgres.port} "
+                f"check that {ctx.host.name} logs in to PostgreSQL at {where} "
                 "as the shim does (verify-full, client certificate)",
                 lambda c: self._probe(c, conninfo), detail=f"psql -d '{conninfo}'", argvs=[["psql", "-d", conninfo]]))
-            extra += ["--patches", ctx.config.paths.patches_dir]
         kind = "control-plane node" if self.control_plane else "worker"
+        path = kconfig.join_config_path(ctx.config)
         changes.append(Action(
-            f"kubeadm join as a {kind} (token from {cp.host.name})", lambda c: self._join(c, extra),
+            f"kubeadm join as a {kind} (token from {cp.host.name})", self._join,
             detail="kubeadm token create --print-join-command"
             + (" and kubeadm init phase upload-certs --upload-certs" if self.control_plane else "")
-            + f" on {cp.host.name}, then kubeadm join … {' '.join(extra)} on {ctx.host.name}",
-            argvs=[["kubeadm", "join", *extra]]))  # on this node; kubeadm token create runs on the first
+            + f" on {cp.host.name}, then on {ctx.host.name} a JoinConfiguration in {path} (0600, removed after "
+            f"the join" + (f"; patches from {ctx.config.paths.patches_dir}" if self.control_plane else "")
+            + f") and kubeadm join --config {path}",
+            argvs=[["kubeadm", "join", "--config", path]]))  # kubeadm token create runs on the first
         return changes
 
     def _control_plane_files(self, ctx: Context) -> list[Change]:
@@ -207,15 +268,26 @@ class Join(Phase):
         info = connect.tls_probe(ctx.host, conninfo)
         ctx.console.print(f"  reached: {info.get('version')} as role {info.get('user')}", markup=False)
 
-    def _join(self, ctx: Context, extra: list[str]) -> None:
-        argv = join_command(self.cp.host, self.control_plane) + extra
-        ctx.console.print(f"  {masked(argv)}", markup=False, highlight=False)
+    def _join(self, ctx: Context) -> None:
+        discovery, key = join_discovery(self.cp.host, self.control_plane)
+        cri, _ = kubeadm_node.cri_socket(ctx.host, ctx.config)
+        control_plane = kconfig.JoinControlPlane(key, self.apiserver_advertise_address) if key else None
+        text = kconfig.render_join(ctx.config, discovery, node_name=node_hostname(ctx.host), cri_socket=cri,
+                                   control_plane=control_plane)
+        path = kconfig.join_config_path(ctx.config)
+        ctx.host.makedirs(posixpath.dirname(path))
+        ctx.host.write_bytes(path, text.encode(), mode=0o600)  # the token and certificate key: never printed
+        argv = ["kubeadm", "join", "--config", path]
+        ctx.console.print(f"  {' '.join(argv)}  (token and certificate key in that file, 0600)",
+                          markup=False, highlight=False)
         res = ctx.host.run(argv, stream=True, check=False, timeout=1800)
         if not res.ok:
             raise K8sSqlError(f"kubeadm join failed (exit {res.returncode})", where=ctx.host.name,
-                              hint="see kubeadm's output above; `k8s-sql reset` on the node before trying again "
-                                   "(not `kubeadm reset`: it empties /etc/kubernetes/pki, the datastore certificates "
-                                   "with it)")
+                              hint=f"see kubeadm's output above; the JoinConfiguration stays in {path} (0600: its "
+                                   "token expires after 15 minutes) for a look, a new join writes a fresh one; "
+                                   "`k8s-sql reset` on the node before trying again (not `kubeadm reset`: it empties "
+                                   "/etc/kubernetes/pki, the datastore certificates with it)")
+        ctx.host.remove(path)  # the join used the token; nothing kubeadm needs later is in it
 
     def verify(self, ctx: Context) -> None:
         if not ctx.host.exists(kubelet_conf(ctx)):
@@ -236,14 +308,25 @@ def run_join(cp: Context, node: Context, *, control_plane: bool = False, skip: f
     _require_initialised(cp)  # before anything is installed on the joining node
     if control_plane:  # kubeadm would refuse only after the node was prepared
         require_control_plane_endpoint(cp.host, cp.config)
+    ha = control_plane and cp.config.postgres.mode == "local" and cp.config.postgres.ha.enabled
+    if ha:  # the formation is the first node's (its nodes, ports, role, database); where the
+        # joining node keeps its data stays its own
+        own = node.config.postgres
+        node.config.postgres = copy.deepcopy(cp.config.postgres)
+        if own.ha.enabled:
+            node.config.postgres.ha.data_dir, node.config.postgres.socket_dir = own.ha.data_dir, own.socket_dir
     phases: list[Phase] = []
     if "prereqs" not in skip:
-        phases.append(Prereqs(postgres="client" if control_plane else "none"))
+        phases.append(Prereqs(postgres="server" if ha else "client" if control_plane else "none"))
     if control_plane and "shim" not in skip:
         phases.append(load_phase("shim"))
     total = run_phases(phases, node, summary=False) if phases else 0
     datastore_host = None
-    if control_plane and cp.config.postgres.mode == "local":
+    if ha:  # pg_hba on every node already lists every postgres.ha.nodes address
+        from k8s_sql.phases.postgres_ha import JoinPki, PostgresHa
+
+        total += run_phases([JoinPki(cp), PostgresHa()], node, summary=False)
+    elif control_plane and cp.config.postgres.mode == "local":
         datastore_host, _ = kubeadm_node.advertise_address(cp.host, cp.config)
         source = kubeadm_node.source_address(node.host, datastore_host)
         if source is None:
@@ -251,8 +334,7 @@ def run_join(cp: Context, node: Context, *, control_plane: bool = False, skip: f
                               where=node.host.name, hint="check the network, or set node.advertiseAddress in the "
                               "configuration to an address both nodes share")
         total += run_phases([AllowClient(source, node.host.name), Postgres()], cp, summary=False)
-    extra = ["--apiserver-advertise-address", apiserver_advertise_address] if apiserver_advertise_address else []
-    total += run_phases([Join(cp, control_plane, datastore_host, extra)], node, summary=False)
+    total += run_phases([Join(cp, control_plane, datastore_host, apiserver_advertise_address)], node, summary=False)
     if node.dry_run:
         node.console.print(f"[bold]dry run:[/bold] {total} change(s) planned, nothing was changed")
     return total

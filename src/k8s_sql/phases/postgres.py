@@ -104,6 +104,10 @@ class Postgres(Phase):
             ctx.console.print("  external PostgreSQL (postgres.uri): nothing to configure, verified after this"
                               + (f"; warning: {warning}" if warning else ""), markup=False)
             return []
+        if cfg.postgres.ha.enabled:  # a pg_auto_failover formation instead of the Debian cluster
+            from k8s_sql.phases.postgres_ha import PostgresHa
+
+            return PostgresHa().plan(ctx)
         return self._plan_local(ctx, missing_ok=True)
 
     def _plan_local(self, ctx: Context, *, missing_ok: bool) -> list[Change]:
@@ -195,6 +199,10 @@ class Postgres(Phase):
             K8sSqlError: the connection fails, is not TLS, or logs in as another role.
         """
         cfg = ctx.config
+        if cfg.postgres.mode == "local" and cfg.postgres.ha.enabled:
+            from k8s_sql.phases.postgres_ha import PostgresHa
+
+            return PostgresHa().verify(ctx)
         if cfg.postgres.mode == "external":
             conninfo, _ = connect.external_conninfo(cfg.postgres.uri)
         else:

@@ -165,6 +165,10 @@ def wanted_packages(cfg, osi: osinfo.OsInfo, postgres: str = "server") -> tuple[
         return packages, repos
     pg, pgdg = postgres_package(cfg, osi)
     packages[pg] = "*"
+    if cfg.postgres.ha.enabled:  # pg_auto_failover for the same major (README "HA")
+        major = cfg.postgres.version.strip() or str(osi.default_postgres)
+        packages["pg-auto-failover-cli"] = "*"
+        packages[f"postgresql-{major}-auto-failover"] = "*"
     if pgdg:
         repos.append(pgdg_repo(osi.codename))
     return packages, repos

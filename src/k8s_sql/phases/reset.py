@@ -149,7 +149,12 @@ class Reset(Phase):
                                   hint="install kubeadm (`k8s-sql init phase prereqs`) and run reset again")
             changes.append(Action("kubeadm reset -f", lambda c: c.host.run(["kubeadm", "reset", "-f"], stream=True),
                                   detail="removes the static pods, kubelet configuration and kubeadm's pki"))
-        cluster = discover(host, cfg) if cfg.postgres.mode == "local" else None
+        ha = cfg.postgres.mode == "local" and cfg.postgres.ha.enabled
+        if ha:  # leave the formation first (the data stays unless --delete-data)
+            from k8s_sql.phases.postgres_ha import drop_node
+
+            changes += drop_node(ctx, self.delete_data)
+        cluster = discover(host, cfg) if cfg.postgres.mode == "local" and not ha else None
         conf_dir = cluster.config_dir if cluster else None
         conf_d = posixpath.join(conf_dir, "conf.d", CONF_D_FILE) if conf_dir else None
 
@@ -182,7 +187,7 @@ class Reset(Phase):
                 changes.append(Action(f"keep {state.path} recording the {len(kept)} path(s) reset keeps",
                                       lambda c: state.keep_only(c.host, kept)))
         changes += [RemoveDir(d, reason=why) for d, why in dirs]
-        if cfg.postgres.mode == "local":
+        if cfg.postgres.mode == "local" and not ha:
             changes += self._postgres_server(ctx, cluster, bool(pg_changes) or conf_text is not None, restart)
         return changes
 

@@ -62,7 +62,7 @@ def serving_sans(cfg: Cluster, address: str | None) -> tuple[tuple[str, ...], tu
 
 
 def leaf_specs(cfg: Cluster, address: str | None, postgres_owner: str | None) -> list[LeafSpec]:
-    """The four leaf certificates for ``cfg``; ``postgres_owner`` owns PostgreSQL's key
+    """The four leaf certificates for ``cfg`` (five with ``postgres.ha``); ``postgres_owner`` owns PostgreSQL's key
     (``postgres``, or ``None`` for root when that OS user does not exist)."""
     dns, ips = serving_sans(cfg, address)
     shim_uid = str(cfg.shim.run_as_user)
@@ -71,7 +71,16 @@ def leaf_specs(cfg: Cluster, address: str | None, postgres_owner: str | None) ->
         LeafSpec(files.SHIM_PG_CLIENT_CERT, cfg.postgres.role, False, key_owner=shim_uid, key_group=shim_uid),
         LeafSpec(files.SHIM_SERVER_CERT, "k8s-sql-shim", True, dns, ips, shim_uid, shim_uid),
         LeafSpec(files.APISERVER_CLIENT_CERT, "kube-apiserver-k8s-sql-client", False),
+        *([ha_node_spec(postgres_owner)] if cfg.postgres.ha.enabled else []),
     ]
+
+
+def ha_node_spec(postgres_owner: str | None) -> LeafSpec:
+    """With ``postgres.ha.enabled``: the client certificate every pg_auto_failover process
+    of the node presents (CN :data:`k8s_sql.pg.ha.NODE_CLIENT_CN`, key owned by postgres)."""
+    from k8s_sql.pg import ha
+
+    return LeafSpec(ha.NODE_CLIENT_CERT, ha.NODE_CLIENT_CN, False, key_owner=postgres_owner, key_group=postgres_owner)
 
 
 def _now() -> dt.datetime:
