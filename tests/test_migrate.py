@@ -150,8 +150,12 @@ def test_migration_prints_what_it_verified(migrated, etcd):
     r, _ = migrated
     assert f"at revision {etcd.revision}" in r.stdout and f"compact revision {etcd.compact_revision}" in r.stdout
     assert "verified:" in r.stdout and "live keys at revision" in r.stdout, r.stdout
-    if "--from-etcd" in r.args:
-        assert "on both sides" in r.stdout
+    # both sources verify HashKV at R, and it is the hash etcd itself computes (for a snapshot:
+    # from the file's key bucket, etcd 3.4's HashByRev)
+    ch = secure_channel(etcd)
+    h = rpc_pb2_grpc.MaintenanceStub(ch).HashKV(rpc_pb2.HashKVRequest(revision=etcd.revision), timeout=15).hash
+    ch.close()
+    assert f"HashKV at revision {etcd.revision} = {h:#010x} on both sides" in r.stdout, r.stdout
 
 
 def test_every_key_at_every_revision_etcd_holds(migrated, etcd):
@@ -364,3 +368,31 @@ def test_etcd_compacted_at_its_current_revision(pg, tmp_path):
             shim.stop()
     finally:
         server.stop()
+
+
+def test_a_snapshot_whose_key_bucket_was_altered_is_refused(pg, etcd, tmp_path):
+    """A snapshot still valid as bbolt and with a matching SHA-256 trailer, but one version's
+    stored bytes changed (p15's value moved into a field mvccpb.KeyValue does not have): the
+    copy cannot give those bytes back, so HashKV at R from the file differs from the copy's;
+    refused, nothing committed."""
+    import hashlib
+
+    from k8s_sql.snapshot.etcdsnap import EtcdSnapshot
+
+    snap = tmp_path / "etcd.db"
+    etcd.etcdctl("snapshot", "save", str(snap))
+    with EtcdSnapshot(snap) as s:
+        stored = next(bytes(v) for _, v in s.items(b"key") if b"/registry/pods/default/p15" in bytes(v)
+                      and b"\x2a\x05again" in bytes(v))
+    data = snap.read_bytes()[:-32]
+    assert data.count(stored) == 1
+    altered = data.replace(stored, stored.replace(b"\x2a\x05again", b"\x3a\x05again"))  # field 5 -> field 7
+    snap.write_bytes(altered + hashlib.sha256(altered).digest())
+    with EtcdSnapshot(snap) as s:  # still a readable etcd snapshot
+        assert s.revision == etcd.revision
+    db = pg.create_database("migrate_altered")
+    r = run_cli("migrate", "--from-snapshot", str(snap), "--datastore", db, check=False)
+    assert r.returncode == 1 and f"HashKV at revision {etcd.revision}" in r.stderr, r.stdout + r.stderr
+    assert "nothing was committed" in r.stderr and "Traceback" not in r.stderr
+    assert pg.psql("SELECT revision, (SELECT count(*) FROM log), (SELECT count(*) FROM lease) FROM meta",
+                   db="migrate_altered") == "1|0|0"

@@ -12,7 +12,10 @@ volumes and probes are not interpreted: the processes see the host's files direc
 Covered: the plan and ``--dry-run`` (nothing changes); an interruption (SIGKILL while the
 flow waits for etcd to stop) then a rerun that completes; every object keeps its
 resourceVersion through kube-apiserver and an update with an old resourceVersion succeeds;
-``migrate --rollback`` brings etcd and the unpatched kube-apiserver back with their data.
+``migrate --rollback`` brings etcd and the unpatched kube-apiserver back with their data; one
+chain that SIGKILLs the run as each phase begins and reruns it, then rolls back after the copy
+committed, after etcd's manifest moved aside and after the sidecar patch, each time followed by
+a working cluster on etcd and, once the datastore is dropped (README), a migrate that completes.
 """
 
 from __future__ import annotations
@@ -329,3 +332,79 @@ def test_interrupted_after_kube_apiserver_stopped_then_rollback_then_migrate(nod
     after = _rvs(k)
     assert "ConfigMap/moved/written-after-rollback" in after
     assert all(after.get(key) == rv for key, rv in before.items())
+
+
+def _drop_datastore(node) -> None:
+    """README's step before migrating again after a rollback: drop the datastore's database."""
+    node.pg.psql("DROP DATABASE kubernetes WITH (FORCE)")
+
+
+def _assert_reached(node, phase: str) -> None:
+    """What the node shows once the run got as far as ``phase``'s start (the earlier phases done)."""
+    aside, manifests = node.base / "backup" / "migrate", node.manifests
+    order = ("migrate-copy", "migrate-stop-etcd", "migrate-sidecar", "migrate-verify")
+    if phase in order:  # kube-apiserver stopped
+        assert (aside / "kube-apiserver.yaml").exists() and (aside / "etcd-snapshot.db").exists(), phase
+    if phase in order[1:]:  # the copy committed
+        assert (aside / "revisions.json").exists(), phase
+    if phase in order[2:]:  # etcd stopped
+        assert not (manifests / "etcd.yaml").exists() and (aside / "etcd.yaml").exists(), phase
+    if phase in order[3:]:  # kube-apiserver back, on the shim
+        assert "shim" in (manifests / "kube-apiserver.yaml").read_text(), phase
+
+
+def test_killed_at_every_phase_then_rerun_and_rollback_where_it_is_hardest(node):
+    """One chain: ``k8s-sql migrate`` (a real process) SIGKILLed as it begins each phase in
+    turn, rerun each time, then a run that completes: kube-apiserver is ready on the shim and
+    every object kept its resourceVersion. Then rollback where it is hardest: killed after the
+    copy committed (as migrate-stop-etcd begins), after etcd's manifest moved aside (as
+    migrate-sidecar begins), after the sidecar patch (as migrate-verify begins); each time
+    ``migrate --rollback`` brings the cluster back on etcd with every resourceVersion, and,
+    after the datastore is dropped as README says, a later migrate completes."""
+    from k8s_sql.phases.migrate import MIGRATE_PHASES
+
+    _ready(node)
+    k = node.kubectl
+    k("create", "namespace", "moved")
+    for i in range(4):
+        k("-n", "moved", "create", "configmap", f"cm{i}", f"--from-literal=k=v{i}")
+    before = _rvs(k)
+    manifests = {p.name: p.read_bytes() for p in node.manifests.iterdir()}
+
+    for phase in MIGRATE_PHASES:
+        out = _run_until(node, f"[{phase}]")
+        assert "Traceback" not in out, out
+        _assert_reached(node, phase)
+    r = _migrate(node)
+    assert r.returncode == 0 and "/readyz ok" in r.stdout, r.stdout + r.stderr
+    _ready(node)
+    after = _rvs(k)
+    assert all(after.get(key) == rv for key, rv in before.items()), (before, after)
+
+    r = _migrate(node, "--rollback")
+    assert r.returncode == 0, r.stdout + r.stderr
+    _ready(node)
+    # the datastore still holds the first copy: refused before kube-apiserver is stopped
+    r = _migrate(node)
+    assert r.returncode == 1 and "already holds data" in r.stderr and "DROP DATABASE kubernetes" in r.stderr, \
+        r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert {p.name: p.read_bytes() for p in node.manifests.iterdir()} == manifests
+    _drop_datastore(node)
+    for phase in ("migrate-stop-etcd", "migrate-sidecar", "migrate-verify"):
+        _ready(node)
+        assert _rvs(k) == before, phase
+        _run_until(node, f"[{phase}]")
+        _assert_reached(node, phase)
+        r = _migrate(node, "--rollback")
+        assert r.returncode == 0, phase + r.stdout + r.stderr
+        assert {p.name: p.read_bytes() for p in node.manifests.iterdir()} == manifests, phase
+        assert not (node.base / "patches" / "kube-apiserver+strategic.yaml").exists(), phase
+        _drop_datastore(node)
+    _ready(node)
+    assert _rvs(k) == before  # on etcd again, as it was
+    r = _migrate(node)
+    assert r.returncode == 0 and "/readyz ok" in r.stdout, r.stdout + r.stderr
+    _ready(node)
+    after = _rvs(k)
+    assert all(after.get(key) == rv for key, rv in before.items()), (before, after)

@@ -159,13 +159,12 @@ def _import(conn, source, progress, before_commit) -> ImportResult:
         if keys != expected.keys:
             raise VerificationError(f"{source.description} has {expected.keys} live keys at revision "
                                     f"{source.revision}, the copy {keys}; nothing was committed",
-                                    hint="was etcd written to while migrating? stop kube-apiserver and rerun")
+                                    hint=source.mismatch_hint)
         if expected.hash is not None and shim_hash != expected.hash:
             raise VerificationError(
                 f"HashKV at revision {hash_rev}: {source.description} says {expected.hash:#010x}, the copy "
                 f"{shim_hash:#010x}; nothing was committed",
-                hint="etcd's API does not say how the keys of one txn before the compact revision were "
-                "ordered; take a snapshot (etcdctl snapshot save FILE) and run migrate --from-snapshot FILE")
+                hint=source.mismatch_hint)
         before_commit()
     return ImportResult(source.revision, source.compact_revision, rows, keys, lease_count, shim_hash, expected)
 

@@ -62,6 +62,8 @@ class Source(Protocol):
     revision: int
     #: etcd's compact revision C (0 if never compacted).
     compact_revision: int
+    #: What to do when the copy does not verify against :meth:`expected` (the error's hint).
+    mismatch_hint: str
 
     def log_rows(self) -> Iterator[LogRow]:
         """Every version the shim's log keeps at R, each once: each key's version live at

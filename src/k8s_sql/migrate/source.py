@@ -82,6 +82,10 @@ class EtcdSource:
     or refuses a request (e.g. a compaction past R while reading: rerun).
     """
 
+    mismatch_hint = ("was etcd written to while migrating? stop kube-apiserver and rerun. If only the HashKV "
+                     "differs: etcd's API does not say how the keys of one txn before the compact revision were "
+                     "ordered; take a snapshot (etcdctl snapshot save FILE) and run migrate --from-snapshot FILE")
+
     def __init__(self, channel: grpc.Channel, description: str):
         self.description = description
         self.kv = rpc_pb2_grpc.KVStub(channel)

@@ -11,7 +11,9 @@ continues where it stopped). The files that say how far it got live in
 ``revisions.json``            every key's mod_revision (= resourceVersion) at the migrated revision R
 
 Order: check (etcd healthy and alone, disk), pki, postgres (neither touches the running
-cluster), snapshot, stop kube-apiserver (so nothing is written after R), copy (one verified
+cluster), snapshot, stop kube-apiserver (so nothing is written after R; refused while the
+datastore holds data, e.g. a copy left by a rollback, so the cluster is not stopped for a copy
+that would be refused), copy (one verified
 transaction, :mod:`k8s_sql.migrate`), stop etcd, kube-apiserver's manifest back with the shim
 sidecar (and the sidecar patch in ``paths.patchesDir`` for later kubeadm runs), wait for
 /readyz, check every key kept its resourceVersion.
@@ -249,8 +251,33 @@ class StopApiserver(_Step):
         text = ctx.host.read_text(path)
         if text is None or kmanifest.is_patched(text, ctx.config):
             return []
+        used = _datastore_in_use(ctx, self.opts)
+        if used:
+            drop = (f"sudo -u postgres psql -c 'DROP DATABASE {ctx.config.postgres.database} WITH (FORCE)'"
+                    if not self.opts.datastore else "drop and recreate the --datastore database")
+            raise K8sSqlError(f"{used}; kube-apiserver was not stopped", hint=(
+                f"after k8s-sql migrate --rollback the datastore keeps its earlier copy: drop it ({drop}), then "
+                "run k8s-sql migrate again"))
         url = _apiserver_url(text)
         return _move_aside(ctx, APISERVER_MANIFEST, f"kube-apiserver ({url})", lambda: not _port_open(url))
+
+
+def _datastore_in_use(ctx: Context, opts: EtcdOptions) -> str | None:
+    """Why the datastore cannot take the copy (it holds data: checked before kube-apiserver is
+    stopped, not only in the copy), or ``None``: empty, not created yet (a dry run) or not
+    reachable (the copy checks again and says why)."""
+    import psycopg
+
+    from k8s_sql.migrate import importer
+
+    try:
+        with psycopg.connect(_conninfo(ctx, opts), connect_timeout=10) as conn, conn.transaction():
+            importer.check_empty(conn)
+    except importer.DatastoreNotEmptyError as e:
+        return e.what
+    except (psycopg.Error, K8sSqlError):
+        return None
+    return None
 
 
 class Copy(_Step):
