@@ -265,3 +265,12 @@ def test_init_join_status_reset(cluster):
     assert os.path.exists(f"{n2}/ha/node/PG_VERSION")  # no --delete-data: the data stays
     # the first node's keeper still serves writes alone
     assert autoctl_pids(f"{n1}/ha/node") and st["up"]
+
+    # reset --delete-data of the first node: its keeper dropped and destroyed, the monitor
+    # stopped and destroyed — no pg_autoctl left, no data directory of the formation
+    sink = io.StringIO()
+    run_phases([Reset(delete_data=True)], quiet(make_context(cfg1), sink), summary=False)
+    out = sink.getvalue()
+    assert "pg_autoctl drop monitor --destroy" in out, out
+    assert not autoctl_pids(f"{n1}/ha/node") and not autoctl_pids(f"{n1}/ha/monitor"), out
+    assert not os.path.exists(f"{n1}/ha/node/PG_VERSION") and not os.path.exists(f"{n1}/ha/monitor/PG_VERSION"), out

@@ -159,6 +159,12 @@ def drop_node_argv(pgdata: str, destroy: bool = False) -> list[str]:
     return ["pg_autoctl", "drop", "node", "--pgdata", pgdata, *(["--destroy"] if destroy else [])]
 
 
+def drop_monitor_argv(pgdata: str) -> list[str]:
+    """``pg_autoctl drop monitor --destroy``: remove the (stopped) monitor's configuration and
+    its PostgreSQL data directory; ``reset --delete-data`` on the first node only."""
+    return ["pg_autoctl", "drop", "monitor", "--pgdata", pgdata, "--destroy"]
+
+
 def show_state_argv(monitor: str) -> list[str]:
     """``pg_autoctl show state --json`` against the monitor URI."""
     return ["pg_autoctl", "show", "state", "--json", "--monitor", monitor]

@@ -419,7 +419,8 @@ def join_pki(cp: Context, node: Context) -> list[Change]:
 def drop_node(ctx: Context, delete_data: bool) -> list[Change]:
     """``reset`` on a node of the formation: ``pg_autoctl drop node`` for its keeper (the
     monitor forgets it; with ``delete_data`` also ``--destroy``, its data directory), the
-    service stopped (and its unit disabled), and on the first node the monitor stopped.
+    service stopped (and its unit disabled), and on the first node the monitor stopped (with
+    ``delete_data`` then ``pg_autoctl drop monitor --destroy``: the formation is gone).
     Data stays unless ``delete_data``. ``[]`` when this node has no keeper or monitor.
     """
     host, cfg = ctx.host, ctx.config
@@ -449,6 +450,11 @@ def drop_node(ctx: Context, delete_data: bool) -> list[Change]:
             argv = ["pg_autoctl", "stop", "--pgdata", pgdata]
             changes.append(Action(f"stop the pg_auto_failover {role} ({shlex.join(argv)})",
                                   lambda c, a=argv, r=role: _stop(c, node, a, r), argvs=[AUTOCTL_ARGV]))
+        if role == "monitor" and delete_data:  # after the keepers' drops, which need it
+            argv = ha.drop_monitor_argv(pgdata)
+            changes.append(Action("pg_autoctl drop monitor --destroy: the formation's monitor and its data",
+                                  lambda c, a=argv: autoctl(c.host, node, a, timeout=120), detail=shlex.join(argv),
+                                  argvs=[["runuser", "-u", "postgres", "--", *argv]]))
     return drop + changes
 
 
