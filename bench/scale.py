@@ -41,7 +41,7 @@ from bench.services import ROOT, Shim, start_postgres
 from bench.tool import build_benchmark
 
 FULL = dict(objects=100_000, revisions=1_000_000, small_objects=1_000, compact_every=300.0, samples=1000, rounds=3)
-QUICK = dict(objects=2_000, revisions=6_000, small_objects=600, compact_every=2.0, samples=100, rounds=1)
+QUICK = dict(objects=2_000, revisions=6_000, small_objects=600, compact_every=0.25, samples=100, rounds=1)
 ALL_KEYS = b"\x00"  # key and range_end "\0": every key (etcd's convention)
 TARGET = 1.2
 

@@ -146,6 +146,22 @@ def _apiserver_url(text: str | None) -> str:
     return f"https://127.0.0.1:{port}"
 
 
+def _readyz_url(ctx: Context) -> str:
+    return _apiserver_url(ctx.host.read_text(_manifest(ctx, APISERVER_MANIFEST))) + "/readyz"
+
+
+def _ready(url: str) -> bool:
+    """kube-apiserver's ``/readyz`` answers 200 (readiness only, as the kubelet's probe: no
+    certificate check)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def _move_aside(ctx: Context, name: str, waiting: str, stopped) -> list[Change]:
     """Changes that move the manifest ``name`` to the aside directory (the copy first, so an
     interruption never loses it), then wait until the kubelet stopped the pod (``stopped()``)."""
@@ -375,18 +391,8 @@ class Verify(_Step):
                         "starts kube-apiserver", lambda ctx: [Action("verify", self._verify)])]
 
     def _verify(self, ctx: Context) -> None:
-        text = ctx.host.read_text(_manifest(ctx, APISERVER_MANIFEST))
-        url = _apiserver_url(text) + "/readyz"
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # readiness only, as kubelet's probe
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=5, context=context) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-        _wait(f"kube-apiserver's {url}", ready)
+        url = _readyz_url(ctx)
+        _wait(f"kube-apiserver's {url}", lambda: _ready(url))
         record = json.loads(ctx.host.read_bytes(_aside(ctx, REVISIONS)))
         import psycopg
 
@@ -434,7 +440,21 @@ class Rollback(Phase):
                     ctx.host.remove(posixpath.join(aside, name))
             changes.append(Action(f"move {aside}/* to {aside}.rolled-back.{stamp}/ (the datastore keeps its copy: "
                                   "empty it before migrating again)", archive))
+        if any(getattr(c, "path", None) == _manifest(ctx, APISERVER_MANIFEST) for c in changes):
+            changes.append(Action("wait until the kubelet restarted kube-apiserver on etcd and /readyz answers",
+                                  self._wait_restarted))
         return changes
+
+    def _wait_restarted(self, ctx: Context) -> None:
+        """The kubelet replaces a running kube-apiserver pod whose manifest changed: wait
+        until the old one (on the shim) stops answering — it takes seconds to shut down,
+        a new one seconds to become ready, so a poll cannot miss the gap — then until the
+        new one (on etcd) is ready. A stopped kube-apiserver (moved aside) just starts."""
+        url = _readyz_url(ctx)
+        if _ready(url):
+            _wait("the kubelet to stop kube-apiserver on the shim", lambda: not _ready(url))
+        _wait(f"kube-apiserver's {url} on etcd", lambda: _ready(url))
+
 
 
 _STEPS = {"migrate-check": Check, "migrate-snapshot": Snapshot, "migrate-stop-apiserver": StopApiserver,
