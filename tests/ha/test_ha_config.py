@@ -131,3 +131,23 @@ def test_init_phase_postgres_refuses_a_node_not_in_the_formation(tmp_path):
     assert "is not in postgres.ha.nodes" in out and "node.advertiseAddress" in " ".join(out.split()) \
         and "Traceback" not in out
     assert sorted(os.listdir(tmp_path)) == ["cluster.yaml"]
+
+
+def test_reads_wait_for_a_confirmed_synchronous_commit():
+    """The shim's read lease (storage/readlease.py): with synchronous standbys configured, a
+    read is refused (UNAVAILABLE) once no confirmation that started within the lease has been
+    acknowledged; without standbys reads are never held back. The partition test in
+    test_failover.py shows it end to end (no stale read from a cut-off primary)."""
+    import time
+
+    from k8s_sql.shim.storage.base import UnavailableError
+    from k8s_sql.shim.storage.readlease import ReadLease
+
+    lease = ReadLease(pool=None, lease=5.0)
+    lease.required, lease.confirmed = True, time.monotonic() - 1
+    lease.check()  # confirmed 1 s ago: reads go on
+    lease.confirmed = time.monotonic() - 6
+    with pytest.raises(UnavailableError, match="has not confirmed a synchronous commit"):
+        lease.check()
+    lease.required = False  # a single PostgreSQL: nothing to be stale against
+    lease.check()

@@ -28,6 +28,7 @@ from k8s_sql.shim.storage.base import (
 from k8s_sql.shim.storage.base import Event, EventKind, HashKVScan, SnapshotScan
 from k8s_sql.shim.storage.batch import encode
 from k8s_sql.shim.storage.ranges import read_range
+from k8s_sql.shim.storage.readlease import ReadLease
 from k8s_sql.shim.storage.schema import migrate
 from k8s_sql.shim.storage.watchhub import Subscription, WatchHub
 from k8s_sql.shim.storage.writer import Writer, datastore_failed, first_line
@@ -79,6 +80,7 @@ class PostgresBackend(Backend):
         self.hub = WatchHub(self.pool, conninfo)
         self.writer = Writer(self.pool, on_commit=self.hub.poke)
         self.lease_check_interval = lease_check_interval
+        self.read_lease = ReadLease(self.pool)
         self._tasks: list[asyncio.Task] = []
 
     async def open(self, timeout: float = 30.0) -> None:
@@ -101,6 +103,8 @@ class PostgresBackend(Backend):
         self.writer.start()
         await self.hub.start(await self.current_revision())
         self._tasks.append(asyncio.get_running_loop().create_task(self._expire_leases(), name="k8s-sql-leases"))
+        await self.read_lease.confirm()
+        self._tasks.append(asyncio.get_running_loop().create_task(self.read_lease.run(), name="k8s-sql-read-lease"))
 
     async def close(self) -> None:
         """Stop background tasks and close every connection."""
@@ -210,6 +214,7 @@ class PostgresBackend(Backend):
         Raises CompactedError, FutureRevisionError, UnavailableError.
         """
         revision, compact, res = await self._read(lambda conn: read_range(conn, op))
+        self.read_lease.check()
         if op.revision > 0:
             if op.revision > revision:
                 raise FutureRevisionError()
@@ -235,7 +240,9 @@ class PostgresBackend(Backend):
                     await conn.execute(queries.SNAPSHOT)
                     rev, compact = await (await conn.execute(queries.REVISIONS)).fetchone()
                     return await Applier(conn, rev, compact).txn(op)
-            return await self._read(q)
+            res = await self._read(q)
+            self.read_lease.check()
+            return res
         return await self.writer.submit(encode(op) or (lambda a: a.txn(op)))
 
     async def compact(self, revision: int) -> int:

@@ -386,3 +386,9 @@ LEASE_TIME_TO_LIVE = (
 LEASES = ("SELECT m.revision, l.id FROM meta m LEFT JOIN lease l ON l.expires_at > clock_timestamp() "
           "ORDER BY l.id")
 EXPIRED_LEASES = "SELECT id FROM lease WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT 100"
+
+
+# --- read lease (readlease.py): linearizable reads on a primary with synchronous standbys
+SYNCHRONOUS_STANDBYS = "SELECT current_setting('synchronous_standby_names')"
+#: A transaction that only takes an ID: its commit waits for a synchronous standby.
+CONFIRM_COMMIT = "SELECT txid_current()"
