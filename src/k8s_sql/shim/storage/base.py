@@ -281,6 +281,7 @@ class Backend(KV, Lease, Watch):
         snapshot. Raises UnavailableError (not retried)."""
 
 
+    @abstractmethod
     async def snapshot_scan(self, produce: Callable[[SnapshotScan, Callable[[], AsyncIterator[list[Event]]]],
                                                     Awaitable[T]]) -> T:
         """Run ``await produce(scan, versions)`` inside one read-only snapshot of the store
@@ -292,11 +293,9 @@ class Backend(KV, Lease, Watch):
 
         The versions are the stored history (see :meth:`stored_state`) without the deletes at
         or below the compact revision (etcd's compaction removes those tombstones). A delete's
-        event carries only its key. Not abstract, so other backends keep working: the default
-        raises NotImplementedError. Raises UnavailableError (not retried), and what
+        event carries only its key. Raises UnavailableError (not retried), and what
         ``produce`` raises.
         """
-        raise NotImplementedError("this backend cannot take snapshots")
 
 
 @dataclass(frozen=True, slots=True)
