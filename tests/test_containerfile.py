@@ -119,3 +119,50 @@ def test_installed_wheel_finds_its_data_and_repacks_to_the_same_files(wheel, tmp
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site2"),
                     repacked], check=True, capture_output=True)
     assert (tmp_path / "site2" / "k8s_sql" / "_data" / "shim" / "Containerfile").is_file()
+
+
+def _name(requirement: str) -> str:
+    """A requirement's distribution name, normalized (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", re.split(r"[^A-Za-z0-9._-]", requirement, maxsplit=1)[0]).lower()
+
+
+def test_build_stage_leaves_out_only_the_installers_dependencies(wheel, tmp_path):
+    """The build stage's requirement list, computed by the Containerfile's own snippet from
+    the wheel's metadata, is pyproject's dependencies minus INSTALLER_ONLY; every name in
+    INSTALLER_ONLY is a dependency (a stale name would hide nothing)."""
+    import tomllib
+
+    ins = instructions(CONTAINERFILE.read_text())
+    [skip] = [a.split("=", 1)[1].strip('"') for w, a in ins if w == "ARG" and a.startswith("INSTALLER_ONLY=")]
+    run = next(a for w, a in ins if w == "RUN" and "INSTALLER_ONLY" in a)
+    snippet = re.search(r"python3 -c '(.*?)' \"\$INSTALLER_ONLY\"", run).group(1)
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    res = subprocess.run([sys.executable, "-c", snippet, skip], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(target)), cwd=tmp_path)
+    got = [line for line in res.stdout.splitlines() if line.strip()]
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {_name(s) for s in skip.split()} <= {_name(d) for d in deps}, skip
+    expected = [d for d in deps if _name(d) not in {_name(s) for s in skip.split()}]
+    assert sorted(map(_name, got)) == sorted(map(_name, expected)) and len(expected) == len(deps) - len(skip.split())
+
+
+def test_shim_runs_without_the_installers_dependencies():
+    """With the installer-only packages unimportable (as in the image), every module of the
+    shim imports and ``k8s-sql shim serve --help`` works."""
+    script = (
+        "import sys, pkgutil, importlib\n"
+        "for m in ('fabric', 'paramiko', 'invoke', 'kubernetes_validate', 'jsonschema'):\n"
+        "    sys.modules[m] = None\n"
+        "import k8s_sql.shim\n"
+        "for info in pkgutil.walk_packages(k8s_sql.shim.__path__, 'k8s_sql.shim.'):\n"
+        "    importlib.import_module(info.name)\n"
+        "from k8s_sql.cli import main\n"
+        "sys.argv = ['k8s-sql', 'shim', 'serve', '--help']\n"
+        "main()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=dict(os.environ, COLUMNS="120"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Serve the etcd v3 API" in res.stdout

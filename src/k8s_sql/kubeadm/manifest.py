@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import kubernetes_validate
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from k8s_sql.config import Cluster
@@ -65,6 +64,8 @@ def schema_version(image: str) -> str:
 def _schema_versions() -> list[str]:
     import os
 
+    import kubernetes_validate  # the installer's dependency only: the shim image leaves it out
+
     base = os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema")
     return [d[1:].split("-")[0] for d in os.listdir(base) if d.endswith("-local-strict")]
 
@@ -84,6 +85,8 @@ def validate(pod, source: str) -> str:
         if isinstance(c, dict) and c.get("name") == "kube-apiserver":
             image = str(c.get("image") or "")
     version = schema_version(image)
+    import kubernetes_validate  # the installer's dependency only: the shim image leaves it out
+
     try:
         kubernetes_validate.validate(data, version, strict=True)
     except kubernetes_validate.ValidationError as e:
