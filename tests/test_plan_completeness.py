@@ -54,14 +54,15 @@ PROVIDES = {
     "kmod": {"modprobe"}, "procps": {"sysctl"}, "curl": {"curl"}, "gpg": {"gpg"}, "ca-certificates": set(),
     "kubeadm": {"kubeadm"}, "kubelet": {"kubelet"}, "kubectl": {"kubectl"}, "cri-tools": {"crictl"},
     "cri-o": {"crio"}, "containerd": {"containerd", "ctr"}, "podman": {"podman"}, "buildah": {"buildah"},
-    "netavark": {"netavark"}, "iptables": {"iptables"},
+    "netavark": {"netavark"}, "iptables": {"iptables"}, "dbus": {"dbus-daemon"},
     "postgresql": {"psql", "pg_lsclusters", "pg_ctlcluster"}, "postgresql-client": {"psql"},
     **{f"postgresql-{v}": {"psql", "pg_lsclusters", "pg_ctlcluster"} for v in range(13, 19)},
 }
 #: What a program needs besides itself: kubeadm's preflight requires crictl
 #: (FileExisting-crictl, mandatory); ``podman build`` runs the Containerfile's RUN step in a
-#: network namespace set up by a network backend.
-NEEDS = {"kubeadm": [{"crictl"}], "podman": [{"netavark", "containernetworking-plugins"}]}
+#: network namespace set up by a network backend, in a cgroup that its systemd cgroup
+#: manager asks systemd for over D-Bus (crun fails with "cannot open sd-bus" without it).
+NEEDS = {"kubeadm": [{"crictl"}], "podman": [{"netavark", "containernetworking-plugins"}, {"dbus-daemon"}]}
 
 OS_RELEASES = {
     "debian-12": ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'

@@ -80,7 +80,7 @@ def test_dry_run_shows_exact_sources_keys_and_packages(tmp_path, release):
     assert "https://download.opensuse.org/repositories/isv:/cri-o:/stable:/v1.34/deb/Release.key" in out
     assert ("apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef "
             "-o Dpkg::Options::=--force-confold install -y --no-install-recommends --allow-change-held-packages "
-            "kubelet=1.34.2-* kubeadm=1.34.2-* kubectl=1.34.2-* cri-tools cri-o=1.34.* podman netavark iptables "
+            "kubelet=1.34.2-* kubeadm=1.34.2-* kubectl=1.34.2-* cri-tools cri-o=1.34.* podman netavark iptables dbus "
             "postgresql\n") in out
     assert "apt-mark hold kubelet kubeadm kubectl" in out
     assert "modprobe -a overlay br_netfilter" in out and "swapoff -a" in out
@@ -112,10 +112,25 @@ def test_containerd_from_the_distribution_with_systemd_cgroups(tmp_path):
     r = prereqs(root, config(tmp_path, kubernetes="{version: v1.33, containerRuntime: containerd}"), "--dry-run")
     assert r.exit_code == 0, r.output
     assert "cri-o" not in r.output
-    assert "kubelet=1.33.* kubeadm=1.33.* kubectl=1.33.* cri-tools containerd podman netavark iptables postgresql" \
+    assert "kubelet=1.33.* kubeadm=1.33.* kubectl=1.33.* cri-tools containerd podman netavark iptables dbus postgresql" \
         in r.output
     assert "+  SystemdCgroup = true" in r.output and "systemctl enable --now containerd" in r.output
     assert "https://pkgs.k8s.io/core:/stable:/v1.33/deb/ /" in r.output
+
+
+def test_containerd_config_names_the_runc_runtime_type():
+    """The runc entry k8s-sql writes is complete: containerd (1.6, 1.7) replaces its default
+    ``runtimes.runc`` with the file's, so without ``runtime_type`` every pod sandbox failed
+    with "container.Runtime.Name must be set" (seen with a real kubelet on Debian 12's
+    containerd 1.6.20, tests/vm/test_vm_kubelet.py)."""
+    import tomllib
+
+    from k8s_sql.phases.prereqs import CONTAINERD_TOML
+
+    cri = tomllib.loads(CONTAINERD_TOML)["plugins"]["io.containerd.grpc.v1.cri"]
+    runc = cri["containerd"]["runtimes"]["runc"]
+    assert runc["runtime_type"] == "io.containerd.runc.v2"
+    assert runc["options"] == {"SystemdCgroup": True}
 
 
 def write_dpkg_status(root: str, packages: dict[str, tuple[str, str]]) -> None:
@@ -179,7 +194,8 @@ def test_apply_under_root_then_nothing_left_to_do(tmp_path):
               "kubectl": ("hold ok installed", "1.34.2-1.1"), "cri-o": ("install ok installed", "1.34.1-1.1"),
               "postgresql": ("install ok installed", "16+257build1"), "curl": ("install ok installed", "8.5.0"),
               "cri-tools": ("install ok installed", "1.34.0-1.1"), "podman": ("install ok installed", "4.9.3"),
-              "netavark": ("install ok installed", "1.4.0"), "iptables": ("install ok installed", "1.8.10")}
+              "netavark": ("install ok installed", "1.4.0"), "iptables": ("install ok installed", "1.8.10"),
+              "dbus": ("install ok installed", "1.14.10")}
     write_dpkg_status(root, status)
     r = prereqs(root, cfg)
     assert r.exit_code == 0, r.output
@@ -228,7 +244,7 @@ def test_external_postgres_installs_only_the_client(tmp_path):
     r = prereqs(root, config(tmp_path, "postgres: {mode: external, uri: 'postgresql://db.example:5432/kubernetes'}\n"),
                 "--dry-run")
     assert r.exit_code == 0, r.output
-    assert "cri-o=1.34.* podman netavark iptables postgresql-client\n" in r.output and " postgresql\n" not in r.output
+    assert "cri-o=1.34.* podman netavark iptables dbus postgresql-client\n" in r.output and " postgresql\n" not in r.output
 
 
 def test_joining_nodes_get_no_postgresql_server():

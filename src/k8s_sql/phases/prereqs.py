@@ -52,10 +52,15 @@ SYSCTLS = {
 KEYRINGS_DIR = "/etc/apt/keyrings"
 KUBE_PACKAGES = ("kubelet", "kubeadm", "kubectl")
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
-# containerd 1.6/1.7 of the distributions: runc with the systemd cgroup driver, as kubelet's
+# containerd 1.6/1.7 of the distributions: runc with the systemd cgroup driver, as kubelet's.
+# runtime_type too: a file that names runtimes.runc replaces containerd's default entry for
+# it, and without a type every pod sandbox fails ("container.Runtime.Name must be set").
 CONTAINERD_TOML = """\
 # written by k8s-sql: the kubelet uses the systemd cgroup driver, so runc must as well
 version = 2
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
   SystemdCgroup = true
@@ -71,8 +76,11 @@ APT_OPTIONS = ("-o", "DPkg::Lock::Timeout=600", "-o", "Dpkg::Options::=--force-c
                "-o", "Dpkg::Options::=--force-confold")
 #: What builds the shim image on the node (the ``shim`` phase): podman, with a network
 #: backend for the build's ``RUN`` step (podman's containers-common needs one; with
-#: --no-install-recommends apt would pick any) and the iptables that netavark configures.
-SHIM_BUILD_PACKAGES = ("podman", "netavark", "iptables")
+#: --no-install-recommends apt would pick any), the iptables that netavark configures, and
+#: dbus: podman's systemd cgroup manager reaches systemd over the system bus (crun: "cannot
+#: open sd-bus"), and dbus is only a Recommends of systemd and podman (a minimal system
+#: has none; seen in tests/vm/test_fresh_vm.py).
+SHIM_BUILD_PACKAGES = ("podman", "netavark", "iptables", "dbus")
 #: Single node: a bridge CNI configuration for the pod subnet, so that the node becomes
 #: Ready without a pod network add-on (neither runtime package enables one: CRI-O ships its
 #: bridge configuration as ``*.disabled``). Skipped when /etc/cni/net.d has another one.
