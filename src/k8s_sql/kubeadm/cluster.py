@@ -3,17 +3,20 @@ ConfigMap in kube-system, as kubeadm reads it for ``join`` and ``upgrade``)."""
 
 from __future__ import annotations
 
-import yaml
-
 from k8s_sql.config import Cluster
 from k8s_sql.errors import K8sSqlError
 from k8s_sql.host import Host
+from k8s_sql.kubeadm import yamlio
 
 
-def _endpoint_of(text: str) -> str:
+def _endpoint_of(text: str, source: str) -> str:
     """controlPlaneEndpoint of the ClusterConfiguration in ``text`` (one document, or the
-    documents of k8s-sql's kubeadm.yaml); ``""`` when unset."""
-    for doc in yaml.safe_load_all(text):
+    documents of k8s-sql's kubeadm.yaml); ``""`` when unset.
+
+    Raises:
+        K8sSqlError: ``text`` is not YAML (:func:`k8s_sql.kubeadm.yamlio.load_all`).
+    """
+    for doc in yamlio.load_all(text, source):
         if isinstance(doc, dict) and doc.get("kind", "ClusterConfiguration") == "ClusterConfiguration":
             return str(doc.get("controlPlaneEndpoint") or "")
     return ""
@@ -34,16 +37,16 @@ def control_plane_endpoint(host: Host, cfg: Cluster) -> tuple[str, str]:
                         "kubeadm-config", "-o", "jsonpath={.data.ClusterConfiguration}"], check=False, timeout=60)
         if res.ok and res.stdout.strip():
             try:
-                return _endpoint_of(res.stdout), "the kubeadm-config ConfigMap"
-            except yaml.YAMLError:
+                return _endpoint_of(res.stdout, "the kubeadm-config ConfigMap"), "the kubeadm-config ConfigMap"
+            except K8sSqlError:
                 reason = "the kubeadm-config ConfigMap is not YAML"
         else:
             reason = " ".join((res.stderr or res.stdout or "no ClusterConfiguration").split())[:200]
     text = host.read_text(cfg.paths.kubeadm_config)
     if text is not None:
         try:
-            return _endpoint_of(text), cfg.paths.kubeadm_config
-        except yaml.YAMLError:
+            return _endpoint_of(text, cfg.paths.kubeadm_config), cfg.paths.kubeadm_config
+        except K8sSqlError:
             pass
     raise K8sSqlError(f"cannot read the cluster's controlPlaneEndpoint ({reason}; no {cfg.paths.kubeadm_config})",
                       where=host.name, hint="check that the first node's API server is up (`k8s-sql status`)")
