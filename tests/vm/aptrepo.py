@@ -271,6 +271,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.server.log.write(f"{self.address_string()} {fmt % args}\n")
         self.server.log.flush()
 
+    def guess_type(self, path):
+        # a registry's manifests (tests/vm/images.py registry_layout) are typed by the
+        # Content-Type header, not by a file name
+        if "/v2/" in str(path) and "/manifests/" in str(path):
+            return "application/vnd.oci.image.manifest.v1+json"
+        return super().guess_type(path)
+
 
 class RepoServer:
     """The document tree ``root`` over HTTPS on ``127.0.0.1:port`` (a thread); requests are

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import aptrepo  # noqa: E402
-from vm import Image, Vm, VmError, accelerator, build_image, missing_host_packages  # noqa: E402
+from vm import BootedVm, Image, Vm, VmError, accelerator, build_image, missing_host_packages  # noqa: E402
 
 #: The address in the VM that qemu forwards to the host's repository server, and its port.
 REPO_GUEST_IP = "10.0.2.100"
@@ -28,9 +27,28 @@ REPO_GUEST_PORT = 443
 VM_CA_FILE = "/usr/local/share/ca-certificates/k8s-sql-vm-tests.crt"
 
 
+def pytest_collection_finish(session):
+    """Start test_fresh_vm.py's slow part (tests/vm/mainjob.py) now, in the background, when
+    it is selected: the VM then runs beside the rest of the suite."""
+    if session.config.option.collectonly or getattr(session.config, "k8s_sql_main_job", None):
+        return
+    if any(item.path.name == "test_fresh_vm.py" for item in session.items):
+        from mainjob import MainJob
+
+        workdir = session.config._tmp_path_factory.mktemp("main-job")  # pytest's tmp_path_factory
+        session.config.k8s_sql_main_job = MainJob(workdir).start()
+
+
+def pytest_sessionfinish(session):
+    job = getattr(session.config, "k8s_sql_main_job", None)
+    if job is not None:
+        job.stop()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "vm: boots a Debian 12 VM with qemu (select with -m vm, leave out with "
                             "-m 'not vm'); minutes with TCG, see tests/vm/test_fresh_vm.py")
+    config.addinivalue_line("markers", "vm_slow: a VM test beyond CI's budget without KVM; opt-in (-m vm)")
 
 
 class Timings:
@@ -79,17 +97,6 @@ def kube_repo(tmp_path_factory) -> aptrepo.KubeRepo:
     repo.server = aptrepo.RepoServer(repo.root, repo.tls, out / "requests.log")
     yield repo
     repo.server.stop()
-
-
-@dataclass
-class BootedVm:
-    """What a test needs to reach the VM: the forwarded SSH port, root's private key, a
-    known_hosts file with the VM's host key for ``[127.0.0.1]:port``, and the Vm itself."""
-
-    port: int
-    key: Path
-    known_hosts: Path
-    vm: Vm
 
 
 @pytest.fixture(scope="module")

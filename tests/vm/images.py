@@ -153,7 +153,8 @@ def _file_layer(out: Path, files: dict[str, tuple[Path, int]], dirs: dict[str, i
     return out
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's content, in hex."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -161,16 +162,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def docker_archive(out: Path, ref: str, layer: Path, config: dict) -> Path:
-    """A ``docker save`` archive of one image ``ref`` with one uncompressed ``layer`` and
-    the image ``config`` (the OCI/Docker image config's ``config`` object: Env, Entrypoint,
-    Cmd, User…)."""
-    diff_id = _sha256(layer)
-    image_config = json.dumps({
+def image_config_json(diff_id: str, config: dict) -> bytes:
+    """The OCI/Docker image configuration of a one-layer amd64 image: ``diff_id`` is the
+    layer's uncompressed sha256 (hex), ``config`` its ``config`` object."""
+    return json.dumps({
         "architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z", "config": config,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
         "history": [{"created": "2026-01-01T00:00:00Z", "created_by": "k8s-sql VM tests (tests/vm/images.py)"}],
     }, sort_keys=True).encode()
+
+
+def docker_archive(out: Path, ref: str, layer: Path, config: dict) -> Path:
+    """A ``docker save`` archive of one image ``ref`` with one uncompressed ``layer`` and
+    the image ``config`` (the OCI/Docker image config's ``config`` object: Env, Entrypoint,
+    Cmd, User…)."""
+    diff_id = sha256_file(layer)
+    image_config = image_config_json(diff_id, config)
     config_name = hashlib.sha256(image_config).hexdigest() + ".json"
     manifest = json.dumps([{"Config": config_name, "RepoTags": [ref], "Layers": [f"{diff_id}/layer.tar"]}]).encode()
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tf:
@@ -183,6 +190,46 @@ def docker_archive(out: Path, ref: str, layer: Path, config: dict) -> Path:
         tf.addfile(ti)
         tf.add(str(layer), f"{diff_id}/layer.tar")
     return out
+
+
+def registry_layout(root: Path, repository: str, tag: str, layer: Path, config: dict) -> str:
+    """An image with one uncompressed ``layer`` and the image ``config`` (as
+    :func:`docker_archive`) laid out for a static registry server under ``root``: the OCI
+    manifest at ``v2/<repository>/manifests/<tag>`` (and at its digest), config and layer
+    at ``v2/<repository>/blobs/sha256:<digest>`` — the paths of the registry API's GET
+    requests (distribution-spec ``/v2/<name>/manifests/<reference>``, ``/v2/<name>/blobs/<digest>``).
+    The layer is hard-linked (or copied). Returns the manifest's digest (``sha256:…``)."""
+    base = root / "v2" / repository
+    (base / "manifests").mkdir(parents=True, exist_ok=True)
+    (base / "blobs").mkdir(parents=True, exist_ok=True)
+    layer_digest = sha256_file(layer)
+    image_config = image_config_json(layer_digest, config)
+    config_digest = hashlib.sha256(image_config).hexdigest()
+    (base / "blobs" / f"sha256:{config_digest}").write_bytes(image_config)
+    blob = base / "blobs" / f"sha256:{layer_digest}"
+    if not blob.exists():
+        try:
+            os.link(layer, blob)
+        except OSError:
+            shutil.copyfile(layer, blob)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": f"sha256:{config_digest}",
+                   "size": len(image_config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": f"sha256:{layer_digest}",
+                    "size": layer.stat().st_size}],
+    }, sort_keys=True).encode()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    for name in (tag, digest):
+        (base / "manifests" / name).write_bytes(manifest)
+    return digest
+
+
+#: The media type the stand-in registry serves manifests with (aptrepo.RepoServer).
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+PYTHON_CONFIG = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+                 "Cmd": ["python3"]}
 
 
 @dataclass
@@ -209,9 +256,7 @@ def build_bundle(out: Path, kube_bin: Path, pause_c: Path) -> Bundle:
     base = python_base_layer(timings)
     pause = pause_binary(pause_c)
     arch = {}
-    arch["python-base.tar"] = docker_archive(out / "python-base.tar", PYTHON_REF, base, {
-        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
-        "Cmd": ["python3"]})
+    arch["python-base.tar"] = docker_archive(out / "python-base.tar", PYTHON_REF, base, PYTHON_CONFIG)
     arch["pause.tar"] = docker_archive(out / "pause.tar", PAUSE_REF, _file_layer(
         out / "pause.layer.tar", {"/pause": (pause, 0o755)}, {}), {"Entrypoint": ["/pause"], "User": "65535:65535"})
     arch["kube-apiserver.tar"] = docker_archive(out / "kube-apiserver.tar", APISERVER_REF, _file_layer(

@@ -72,9 +72,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kube"))
 import images  # noqa: E402
 import kube  # noqa: E402  (tests/kube: build-kubernetes.sh)
 import kubepki  # noqa: E402
-from test_fresh_vm import Cli, ok  # noqa: E402
+from checks import Cli, ok, phase_blocks  # noqa: E402
 
-pytestmark = [pytest.mark.vm, pytest.mark.timeout(5400)]
+pytestmark = [pytest.mark.vm, pytest.mark.vm_slow, pytest.mark.timeout(5400)]
 
 FIXTURE = Path(__file__).resolve().parents[3] / "shared/fixtures/kubeadm-1.20/kube-apiserver.stacked.yaml"
 SHIM_REF = f"localhost/k8s-sql-shim:{__version__}"
@@ -84,21 +84,8 @@ MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
 STAGE = "/var/lib/k8s-sql-vm-test"  # where the images disk is unpacked in the VM (not k8s-sql's)
 DROPIN = "/etc/systemd/system/kubelet.service.d/90-k8s-sql-vm-test.conf"
 ADMIN_CERT = "/root/k8s-sql-vm-test-admin"  # the admin client certificate for curl (not k8s-sql's)
-ALL_PHASES = ("preflight", "prereqs", "pki", "postgres", "shim", "kubeadm-config")
+PHASES = ("preflight", "prereqs", "pki", "postgres", "shim", "kubeadm-config")
 KUBELET_READ_ONLY = "http://127.0.0.1:10255"
-
-
-def phase_blocks(out: str) -> dict[str, str]:
-    """``[name] title`` headers -> the lines under each."""
-    blocks: dict[str, str] = {}
-    name = None
-    for line in out.splitlines():
-        if line.startswith("[") and "] " in line and line[1:line.index("]")] in ALL_PHASES:
-            name = line[1:line.index("]")]
-            blocks[name] = ""
-        elif name:
-            blocks[name] += line + "\n"
-    return blocks
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +121,18 @@ def vm_drives(bundle) -> list[Path]:
     return [bundle.disk]
 
 
+#: The runtime this test runs the static pod on (CRI-O cannot be had here).
+CONFIG = """\
+apiVersion: k8s-sql.io/v1alpha1
+kind: Cluster
+kubernetes:
+  containerRuntime: containerd
+"""
+
+
 @pytest.fixture(scope="module")
 def cli(booted_vm):
-    return Cli(booted_vm, booted_vm.vm.workdir)
+    return Cli(booted_vm, booted_vm.vm.workdir, CONFIG)
 
 
 def timed(vm_timings, name, fn):
@@ -266,7 +262,7 @@ def test_shim_phase_builds_on_the_base_image_and_pins(flow, booted_vm, bundle):
     first layer is the base's), imported it into containerd's k8s.io namespace and labelled
     it pinned; the build context's image.tar is gone."""
     vm = booted_vm.vm
-    blocks = phase_blocks(flow["shim_init"])
+    blocks = phase_blocks(flow["shim_init"], PHASES)
     assert "podman" in blocks.get("shim", "") and SHIM_REF in blocks["shim"], blocks.get("shim")
     base = json.loads(vm.ssh(f"podman image inspect {images.PYTHON_REF}").stdout)[0]["RootFS"]["Layers"]
     shim = json.loads(vm.ssh(f"podman image inspect {SHIM_REF}").stdout)[0]
@@ -352,8 +348,8 @@ def test_second_init_changes_nothing(flow, cli, booted_vm, vm_timings):
     image_before = vm.ssh(f"ctr -n k8s.io images ls name=={SHIM_REF}").stdout
     res, seconds = cli("init", "--skip-phases", "kubeadm-init,post")
     vm_timings.add("second init (no-op)", seconds)
-    blocks = phase_blocks(ok(res, "second k8s-sql init"))
-    for name in ALL_PHASES:
+    blocks = phase_blocks(ok(res, "second k8s-sql init"), PHASES)
+    for name in PHASES:
         assert "up to date" in blocks.get(name, ""), f"[{name}] planned changes:\n{blocks.get(name)}"
     assert vm.ssh(f"ctr -n k8s.io images ls name=={SHIM_REF}").stdout == image_before
     time.sleep(10)

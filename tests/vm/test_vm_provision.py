@@ -6,10 +6,9 @@ a ``vagrant`` user (passwordless sudo), the hostname, a private network with a s
 address, the checkout rsynced to ``/vagrant`` (the Vagrantfile's excludes), the playground
 key its trigger makes in ``vagrant/.playground/``, then ``provision.sh`` uploaded to
 ``/tmp/vagrant-shell`` and run as root with the Vagrantfile's arguments. The test does those
-steps itself (:func:`vagrant_box`, :func:`synced_tar`) and runs the provisioners of both VMs
-together (as libvirt does), then ``vagrant provision`` again on both. A third VM runs
-README's first command verbatim meanwhile (:func:`test_readme_first_command`). Both VMs boot from the
-cached image (tests/vm/build-image.sh) under qemu; qemu's user-mode network gives each its
+steps itself (:func:`vagrant_box`, :func:`synced`) and runs the provisioners of both VMs
+together (as libvirt does), then ``vagrant provision`` again on both. README's first command
+is test_fresh_vm.py's. Both VMs boot from the cached image (tests/vm/build-image.sh) under qemu; qemu's user-mode network gives each its
 NAT interface (10.0.2.15 in both, as with VirtualBox) and a UDP socket pair between the two
 qemu processes is the private network (192.168.56.10 and .11, static, systemd-networkd).
 
@@ -18,12 +17,13 @@ provision.sh writes it before the package comes), systemd units, Debian's Postgr
 with TLS, sudo, sshd, ssh-keyscan, the worker's wait loop over SSH, ``k8s-sql init`` and
 ``k8s-sql join`` over SSH from the worker to ``vagrant@192.168.56.10``.
 
-Stand-ins, at the edge (what cannot be had here), built by the test and served from the
-host to the VMs over HTTPS under their real names (/etc/hosts and the test's CA):
+Stand-ins, at the edge (what cannot be had here; tests/vm/standins.py), built by the test
+and served from the host to the VMs over HTTPS under their real names (/etc/hosts and the
+test's CA):
 - pkgs.k8s.io and CRI-O's repository (download.opensuse.org): signed apt repositories of
   stand-in ``kubeadm``, ``kubelet``, ``kubectl``, ``kubernetes-cni``, ``cri-tools`` and
   ``cri-o`` packages (tests/vm/aptrepo.py: names, versions, dependencies, conffiles of the
-  real ones). Their programs behave as needed here: ``kubeadm`` is the stand-in of
+  real ones). Their programs behave as standins.py says: ``kubeadm`` is the stand-in of
   tests/test_kubeadm_init.py (writes the kube-apiserver manifest with k8s-sql's
   ``+strategic`` patch merged, and admin.conf), and also makes a CA and a bootstrap token at
   ``init``, prints ``kubeadm join <advertiseAddress>:6443 --token … --discovery-token-ca-cert-hash
@@ -38,7 +38,7 @@ host to the VMs over HTTPS under their real names (/etc/hosts and the test's CA)
 - the shim image: docker.io (its Python base image) cannot be reached, so the control plane
   gets podman from Debian and a stand-in ``localhost/k8s-sql-shim:<version>`` before
   provisioning; the shim phase finds it and pins it (CRI-O's ``pinned_images``). The real
-  image build is tested in test_vm_kubelet.py.
+  image build is tested in test_fresh_vm.py and test_vm_kubelet.py.
 What a real kubelet, kubeadm, CRI-O and flannel would do is not covered here.
 
 Marked ``vm``; minutes of wall time with TCG (timings at the end of the run).
@@ -47,12 +47,9 @@ Marked ``vm``; minutes of wall time with TCG (timings at the end of the run).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shlex
 import subprocess
-import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -61,247 +58,42 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-import aptrepo
+import standins
 from vm import Vm, VmError, free_port
 
 from k8s_sql.config import Cluster
 from k8s_sql.kubeadm import sidecar
 
-pytestmark = [pytest.mark.vm, pytest.mark.timeout(5400)]
+pytestmark = [pytest.mark.vm, pytest.mark.vm_slow, pytest.mark.timeout(5400)]
 
-ROOT = Path(__file__).resolve().parents[2]
-KUBE_VERSION = "1.34.2"
+ROOT = standins.ROOT
+KUBE_VERSION = standins.KUBE_VERSION
 CP_IP, WORKER_IP = "192.168.56.10", "192.168.56.11"
-REPO_IP = "10.0.2.100"
-#: What the stand-in repository server answers for (Vagrantfile/provision.sh/prereqs URLs).
-NAMES = [aptrepo.HOSTNAME, "download.opensuse.org", "github.com"]
-FLANNEL_URL_PATH = "flannel-io/flannel/releases/download/v0.26.7/kube-flannel.yml"
-#: The Vagrantfile's rsync__exclude
-EXCLUDE = (".git", ".venv", "vagrant/.vagrant", ".pytest_cache")
-KUBEADM_LOG = "/var/log/kubeadm-stand-in.log"
-KUBECTL_LOG = "/var/log/kubectl-stand-in.log"
-APISERVER_DOWN = "/run/kubectl-stand-in.apiserver-down"
-TOKEN_FILE = "/etc/kubernetes/kubeadm-stand-in.token"
-
-KUBEADM = r'''#!/opt/k8s-sql/bin/python3
-# Stand-in for kubeadm {tag} (k8s-sql VM tests): what the provisioning flow needs of it.
-import datetime, hashlib, json, os, secrets, sys
-args = sys.argv[1:]
-with open("{log}", "a") as log:
-    log.write(json.dumps(args) + "\n")
-if args[:1] in (["version"], ["--version"]):
-    print("kubeadm version: {tag}"); sys.exit(0)
-PKI, TOKEN, ENDPOINT = "/etc/kubernetes/pki", "{token}", "/etc/kubernetes/kubeadm-stand-in.endpoint"
-
-def ca_hash():
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    cert = x509.load_pem_x509_certificate(open(PKI + "/ca.crt", "rb").read())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
-
-if args[:1] == ["init"] and "phase" not in args:
-    from ruamel.yaml import YAML
-    from k8s_sql.kubeadm import manifest, yamlio
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    docs = {{d["kind"]: d for d in YAML(typ="safe").load_all(open(args[args.index("--config") + 1])) if d}}
-    init, cluster = docs["InitConfiguration"], docs["ClusterConfiguration"]
-    ext = cluster["etcd"]["external"]
-    text = open("/usr/share/kubeadm-stand-in/kube-apiserver.yaml").read()
-    for old, new in (("--etcd-servers=https://127.0.0.1:2379", "--etcd-servers=" + ",".join(ext["endpoints"])),
-                     ("/etc/kubernetes/pki/etcd/ca.crt", ext["caFile"]),
-                     ("/etc/kubernetes/pki/apiserver-etcd-client.crt", ext["certFile"]),
-                     ("/etc/kubernetes/pki/apiserver-etcd-client.key", ext["keyFile"])):
-        text = text.replace(old, new)
-    patch = open(os.path.join(init["patches"]["directory"], "kube-apiserver+strategic.yaml")).read()
-    os.makedirs("/etc/kubernetes/manifests", exist_ok=True)
-    with open("/etc/kubernetes/manifests/kube-apiserver.yaml", "w") as f:
-        f.write(yamlio.dump(manifest.apply_patch_file(text, patch, "stand-in")))
-    os.makedirs(PKI, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "kubernetes")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now)
-          .not_valid_after(now + datetime.timedelta(days=3650))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
-    open(PKI + "/ca.crt", "wb").write(ca.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(PKI + "/ca.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
-    os.close(fd)
-    endpoint = "%s:%s" % (init["localAPIEndpoint"]["advertiseAddress"], init["localAPIEndpoint"].get("bindPort", 6443))
-    open(ENDPOINT, "w").write(endpoint)
-    open(TOKEN, "w").write("%s.%s" % (secrets.token_hex(3), secrets.token_hex(8)))
-    with open("/etc/kubernetes/admin.conf", "w") as f:
-        f.write("apiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n"
-                "    server: https://%s\n" % endpoint)
-    print("Your Kubernetes control-plane has initialized successfully!")
-elif args[:2] == ["token", "create"]:
-    print("kubeadm join %s --token %s --discovery-token-ca-cert-hash %s "
-          % (open(ENDPOINT).read(), open(TOKEN).read(), ca_hash()))
-elif args[:1] == ["join"]:
-    os.makedirs("/etc/kubernetes", exist_ok=True)
-    with open("/etc/kubernetes/kubelet.conf", "w") as f:
-        f.write("apiVersion: v1\nkind: Config\nclusters:\n- name: default-cluster\n  cluster:\n"
-                "    server: https://%s\n" % args[1])
-    print("This node has joined the cluster")
-else:
-    print("kubeadm: stand-in of the k8s-sql VM tests, unexpected %s" % args, file=sys.stderr)
-    sys.exit(1)
-'''
-
-KUBECTL = r'''#!/bin/sh
-# Stand-in for kubectl {tag} (k8s-sql VM tests): there is no API server. /readyz is "ok" once
-# kubeadm wrote the kube-apiserver manifest, unless {down} exists: then the test holds the
-# API server down for callers other than root (the worker asks as vagrant).
-echo "$(id -un): $*" >>{log} 2>/dev/null || true
-state=/var/lib/kubectl-stand-in
-case " $* " in
-  *" version "*|*" --version "*) echo "Client Version: {tag}" ;;
-  *" get --raw /readyz "*)
-    if [ -f /etc/kubernetes/manifests/kube-apiserver.yaml ] && {{ [ ! -e {down} ] || [ "$(id -u)" = 0 ]; }}
-    then echo ok
-    else echo "The connection to the server {cp}:6443 was refused - did you specify the right host or port?" >&2
-         exit 1; fi ;;
-  *" get node "*" -o json "*)
-    echo '{{"kind":"Node","spec":{{}},"status":{{"conditions":[{{"type":"Ready","status":"True"}}]}}}}' ;;
-  *" get pods -n kube-system -l component=etcd "*) ;;
-  *" get namespace kube-flannel "*)
-    [ -f $state/kube-flannel ] || {{ echo 'Error from server (NotFound): namespaces "kube-flannel" not found' >&2
-                                     exit 1; }}
-    echo "namespace/kube-flannel" ;;
-  *" apply -f "*) mkdir -p $state && touch $state/kube-flannel && echo "namespace/kube-flannel created" ;;
-  *" patch daemonset kube-flannel-ds "*) echo "daemonset.apps/kube-flannel-ds patched" ;;
-  *" taint nodes "*) echo "node untainted" ;;
-  *) echo "kubectl: stand-in of the k8s-sql VM tests, unexpected: $*" >&2; exit 1 ;;
-esac
-'''
-
-CRIO = r'''#!/bin/sh
-# Stand-in for CRI-O {tag} (k8s-sql VM tests): a service that stays up; runs no container.
-case "$1" in --version|version) echo "crio version {tag}"; exit 0 ;; esac
-exec sleep infinity
-'''
-
-CRIO_SERVICE = """\
-[Unit]
-Description=Container Runtime Interface for OCI (CRI-O)
-Documentation=https://github.com/cri-o/cri-o
-Wants=network-online.target
-Before=kubelet.service
-After=network-online.target
-
-[Service]
-Type=simple
-ExecStart=/usr/bin/crio
-Restart=on-failure
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-FLANNEL_STAND_IN = "# stand-in for flannel's kube-flannel.yml (k8s-sql VM tests)\napiVersion: v1\nkind: Namespace\n" \
-                   "metadata:\n  name: kube-flannel\n"
-
-
-def playground_packages() -> list[aptrepo.Package]:
-    """aptrepo's stand-in packages, with kubeadm and kubectl behaving as the module doc says."""
-    tag = f"v{KUBE_VERSION}"
-    out = []
-    for p in aptrepo.kube_packages(KUBE_VERSION):
-        files = dict(p.files)
-        if p.name == "kubeadm":
-            files["/usr/bin/kubeadm"] = (0o755, KUBEADM.format(tag=tag, log=KUBEADM_LOG, token=TOKEN_FILE))
-            files["/usr/share/kubeadm-stand-in/kube-apiserver.yaml"] = (
-                0o644, (ROOT / "tests/fixtures/manifests/kube-apiserver-1.34.yaml").read_text())
-        if p.name == "kubectl":
-            files["/usr/bin/kubectl"] = (0o755, KUBECTL.format(tag=tag, log=KUBECTL_LOG, down=APISERVER_DOWN, cp=CP_IP))
-        out.append(aptrepo.Package(p.name, p.version, p.section, p.description, files, p.depends, p.recommends,
-                                   p.conffiles, p.postinst))
-    return out
-
-
-def crio_package() -> aptrepo.Package:
-    """cri-o 1.34 as CRI-O's repository names it, with its conffile drop-in and the bridge
-    configuration it ships disabled."""
-    v = "1.34.2"
-    return aptrepo.Package(
-        "cri-o", f"{v}-1.1", "admin", "Open Container Initiative-based implementation of Kubernetes CRI",
-        {"/usr/bin/crio": (0o755, CRIO.format(tag=v)),
-         "/usr/lib/systemd/system/crio.service": (0o644, CRIO_SERVICE),
-         "/etc/crio/crio.conf.d/10-crio.conf": (0o644, "[crio.image]\nsignature_policy = \"/etc/crio/policy.json\"\n"),
-         "/etc/cni/net.d/10-crio-bridge.conflist.disabled": (0o644, "{}\n")},
-        conffiles=("/etc/crio/crio.conf.d/10-crio.conf",), postinst=aptrepo.POSTINST_DAEMON_RELOAD)
-
-
-def flat_repo(root: Path, path: str, packages: list[aptrepo.Package], signer: aptrepo.Signer) -> None:
-    repo = root / path.strip("/")
-    repo.mkdir(parents=True, exist_ok=True)
-    release = aptrepo.write_index(repo, [aptrepo.build_deb(p, repo) for p in packages])
-    signer.sign_release(release)
-    (repo / "Release.key").write_text(signer.public_key())
-
-
+REPO_IP, NAMES, FLANNEL_URL_PATH = standins.REPO_IP, standins.NAMES, standins.FLANNEL_URL_PATH
+KUBECTL_LOG, APISERVER_DOWN, TOKEN_FILE = standins.KUBECTL_LOG, standins.APISERVER_DOWN, standins.TOKEN_FILE
+kubeadm_calls = standins.kubeadm_calls
 @pytest.fixture(scope="module")
 def repo_server(tmp_path_factory):
     """The stand-in repositories and flannel's manifest over HTTPS on the host."""
-    out = tmp_path_factory.mktemp("playground-repo")
-    root = out / "www"
-    signer = aptrepo.Signer()
-    try:
-        flat_repo(root, "/core:/stable:/v1.34/deb/", playground_packages(), signer)
-        flat_repo(root, "/repositories/isv:/cri-o:/stable:/v1.34/deb/", [crio_package()], signer)
-    finally:
-        signer.close()
-    (root / FLANNEL_URL_PATH).parent.mkdir(parents=True)
-    (root / FLANNEL_URL_PATH).write_text(FLANNEL_STAND_IN)
-    tls = aptrepo.make_tls(out, NAMES)
-    server = aptrepo.RepoServer(root, tls, out / "requests.log")
-    server.tls = tls
+    server = standins.build_repos(tmp_path_factory.mktemp("playground-repo"), cp_ip=CP_IP)
     yield server
     server.stop()
 
 
-def synced_tar(dest: Path, playground_key: Path, wheels: Path) -> Path:
-    """A tar of what the VM sees: the checkout at /vagrant as Vagrant's rsync leaves it (the
-    Vagrantfile's excludes, ``__pycache__`` too), the key its trigger made in
-    vagrant/.playground/, and the wheelhouse at /var/cache/k8s-sql-wheels. Given to the VM
-    as a raw disk (faster than SSH under TCG)."""
-    def keep(info: tarfile.TarInfo):
-        rel = info.name.split("/", 1)[1] if "/" in info.name else ""
-        if any(rel == e or rel.startswith(e + "/") for e in EXCLUDE) or "__pycache__" in info.name.split("/") \
-                or rel.startswith("vagrant/.playground"):
-            return None
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        return info
-
-    with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
-        tar.add(ROOT, "vagrant", filter=keep)
-        for f in (playground_key, playground_key.with_suffix(".pub")):
-            tar.add(f, f"vagrant/vagrant/.playground/{f.name}")
-        tar.add(wheels, "var/cache/k8s-sql-wheels")
-    size = dest.stat().st_size
-    with open(dest, "ab") as f:  # whole sectors for the raw disk
-        f.write(b"\0" * (-size % 4096 + 4096 * 4))
-    return dest
-
-
 @pytest.fixture(scope="module")
 def synced(tmp_path_factory, vm_timings) -> Path:
+    """What the VMs see: the checkout at /vagrant as Vagrant's rsync leaves it, the key its
+    trigger made in vagrant/.playground/, and the wheelhouse at /var/cache/k8s-sql-wheels;
+    a raw disk (faster than SSH under TCG)."""
     out = tmp_path_factory.mktemp("synced")
     start = time.monotonic()
-    wheels = out / "wheels"
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(ROOT), "hatchling>=1.21"],
-                         capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, f"pip wheel (the wheelhouse standing in for PyPI) failed:\n{res.stderr[-3000:]}"
+    wheels = standins.wheelhouse(out / "wheels")
     key = out / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "k8s-sql-playground", "-f", str(key)],
                    check=True)
-    tar = synced_tar(out / "synced.tar", key, wheels)
+    tar = standins.checkout_tar(out / "synced.tar", "vagrant", {
+        f"vagrant/vagrant/.playground/{key.name}": key, f"vagrant/vagrant/.playground/{key.name}.pub":
+        key.with_suffix(".pub"), "var/cache/k8s-sql-wheels": wheels})
     vm_timings.add("playground: wheelhouse and synced folder", time.monotonic() - start)
     return tar
 
@@ -382,16 +174,14 @@ class Provision:
 
 
 def boot_nodes(image, workdir: Path, repo_port: int, synced_tar: Path) -> list[Node]:
-    """The three VMs, booted in parallel: the control plane and the worker linked by a UDP
-    socket pair between their qemu processes (the private network), and a VM of its own
-    for README's first command."""
+    """The two VMs, booted in parallel: the control plane and the worker linked by a UDP
+    socket pair between their qemu processes (the private network)."""
     a, b = free_port(), free_port()
     specs = [("k8s-sql-cp", CP_IP, "52:54:00:56:00:10", (a, b)),
-             ("k8s-sql-worker1", WORKER_IP, "52:54:00:56:00:11", (b, a)),
-             ("k8s-sql-readme", None, None, None)]
+             ("k8s-sql-worker1", WORKER_IP, "52:54:00:56:00:11", (b, a))]
     nodes = []
     for name, ip, mac, ports in specs:
-        extra = [] if ports is None else [
+        extra = [
             "-netdev", f"socket,id=n1,udp=127.0.0.1:{ports[1]},localaddr=127.0.0.1:{ports[0]}",
             "-device", f"virtio-net-pci,netdev=n1,mac={mac},romfile="]
         vm = Vm(image, workdir / name, guestfwd=[(REPO_IP, 443, repo_port)], drives=[synced_tar], extra_args=extra)
@@ -426,45 +216,33 @@ def parallel(fn, items) -> None:
 
 @pytest.fixture(scope="module")
 def playground(vm_image, repo_server, synced, tmp_path_factory, vm_timings):
-    """The VMs booted and set up as Vagrant would (the README VM: the checkout and the
-    test's edge only), podman and the stand-in shim image on the two that run init;
-    nothing provisioned yet. Powered off at the end."""
+    """The VMs booted and set up as Vagrant would, podman and the stand-in shim image on the
+    control plane; nothing provisioned yet. Powered off at the end."""
     workdir = tmp_path_factory.mktemp("playground")
     start = time.monotonic()
     try:
-        cp, worker, readme = boot_nodes(vm_image, workdir, repo_server.port, synced)
+        cp, worker = boot_nodes(vm_image, workdir, repo_server.port, synced)
     except VmError as e:
         pytest.fail(str(e), pytrace=False)
-    vm_timings.add("playground: boot three VMs", time.monotonic() - start)
+    vm_timings.add("playground: boot two VMs", time.monotonic() - start)
     try:
         start = time.monotonic()
 
         def setup(n: Node) -> None:
-            vagrant_box(n, repo_server.tls.ca_pem, vagrant_user=n is not readme)
-            if n is not worker:
+            vagrant_box(n, repo_server.tls.ca_pem)
+            if n is cp:
                 preload_shim_image(n)
 
-        parallel(setup, [cp, worker, readme])
+        parallel(setup, [cp, worker])
         vm_timings.add("playground: boxes set up (sudo, network, podman, shim image)", time.monotonic() - start)
-        yield {"cp": cp, "worker": worker, "readme": readme, "provision": Provision(workdir), "repo": repo_server}
+        yield {"cp": cp, "worker": worker, "provision": Provision(workdir), "repo": repo_server}
     finally:
-        parallel(lambda n: n.vm.stop(), [cp, worker, readme])
+        parallel(lambda n: n.vm.stop(), [cp, worker])
 
 
 def ok(rc: int, out: str, what: str) -> str:
     assert rc == 0, f"{what} exited {rc}; end of its output:\n" + "\n".join(out.splitlines()[-80:])
     return out
-
-
-def kubeadm_calls(node: Node) -> list[list[str]]:
-    text = node.ssh(f"cat {KUBEADM_LOG} 2>/dev/null || true").stdout
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def readme_first_command() -> str:
-    """The command under "# 1." in README's first ``sh`` block."""
-    lines = (ROOT / "README.md").read_text().split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
-    return lines[next(i for i, ln in enumerate(lines) if ln.startswith("# 1.")) + 1]
 
 
 def vagrant_asks(cp: Node) -> list[str]:
@@ -480,21 +258,15 @@ def provisioned(playground, vm_timings):
     VMs in parallel. Until the control plane is provisioned and the worker has asked
     /readyz over SSH twice more after that, the test holds the API server down as the
     worker sees it (a file in /run that the stand-in kubectl reads for non-root callers:
-    the control plane's own post phase must see it ready); then it is released. Meanwhile
-    the README VM runs README's first command verbatim, as root in /vagrant.
+    the control plane's own post phase must see it ready); then it is released.
 
     Returns the outputs and exit codes, and what was seen while the API server was held down."""
-    cp, worker, readme = playground["cp"], playground["worker"], playground["readme"]
+    cp, worker = playground["cp"], playground["worker"]
     prov = playground["provision"]
     cp.ssh(f"install -m 0666 /dev/null {KUBECTL_LOG} && touch {APISERVER_DOWN}")
     cp_proc = prov.start(cp, "control-plane", CP_IP, f"v{KUBE_VERSION}")
     worker_proc = prov.start(worker, "worker", WORKER_IP, f"v{KUBE_VERSION}", CP_IP)
-    start = time.monotonic()
-    readme_res = readme.ssh(f"cd /vagrant && {readme_first_command()}", check=False, timeout=3600)
-    vm_timings.add("README's first command (beside the provisioning)", time.monotonic() - start)
-    (readme.vm.workdir / "readme.log").write_text(readme_res.stdout + "\n--- stderr\n" + readme_res.stderr)
-    state = {"readme": readme_res}
-    state["cp"] = prov.finish(cp_proc)
+    state = {"cp": prov.finish(cp_proc)}
     vm_timings.add("provision control plane", state["cp"][2])
     if state["cp"][0] != 0:
         worker_proc.kill()
@@ -512,24 +284,6 @@ def provisioned(playground, vm_timings):
     state["worker"] = prov.finish(worker_proc)
     vm_timings.add("provision worker (from its start, beside the control plane)", state["worker"][2])
     return state
-
-
-def test_readme_first_command(provisioned, playground):
-    """README's first command, verbatim, on a fresh Debian 12 VM as root in the checkout
-    (/vagrant): exit 0, every init phase ran, kubeadm init once, /readyz ok through the
-    admin kubeconfig root got, the kubelet package installed and held. Stand-ins as in the
-    module doc (kubeadm, kubectl, CRI-O, the shim image, PyPI)."""
-    readme = playground["readme"]
-    res = provisioned["readme"]
-    assert readme_first_command() == ("apt-get update && apt-get install -y python3-venv && python3 -m venv "
-                                      "/opt/k8s-sql && /opt/k8s-sql/bin/pip install . && /opt/k8s-sql/bin/k8s-sql init")
-    out = ok(res.returncode, res.stdout + res.stderr, "README's first command")
-    for phase in ("preflight", "prereqs", "pki", "postgres", "shim", "kubeadm-config", "kubeadm-init", "post"):
-        assert f"[{phase}]" in out, out
-    inits = [c[:3] for c in kubeadm_calls(readme) if c[:1] == ["init"]]
-    assert inits == [["init", "--config", "/etc/k8s-sql/kubeadm.yaml"]], inits
-    assert readme.ssh("kubectl --kubeconfig /root/.kube/config get --raw /readyz").stdout.strip() == "ok"
-    assert readme.ssh("dpkg-query -W -f '${db:Status-Abbrev}' kubelet").stdout.strip() == "hi"
 
 
 def test_control_plane_provisioned(provisioned, playground):

@@ -141,6 +141,17 @@ def accelerator(kernel: Path) -> tuple[str, list[str]]:
 
 
 @dataclass
+class BootedVm:
+    """What a test needs to reach the VM: the forwarded SSH port, root's private key, a
+    known_hosts file with the VM's host key for ``[127.0.0.1]:port``, and the Vm itself."""
+
+    port: int
+    key: Path
+    known_hosts: Path
+    vm: "Vm"
+
+
+@dataclass
 class Vm:
     """One booted VM: an overlay of ``image`` in ``workdir``, sshd on ``127.0.0.1:ssh_port``.
 
@@ -220,6 +231,9 @@ class Vm:
                 res = self.ssh("true", timeout=15, check=False, connect_timeout=5)
             except VmError as e:  # sshd still starting on a slow (TCG, loaded) host: a hung handshake
                 res, last = None, str(e)
+                # back off: handshakes piling up in a starved guest make sshd drop new ones
+                # (MaxStartups), which kept a low-priority VM unreachable
+                time.sleep(15)
             if res is not None and res.returncode == 0:
                 break
             if res is not None:
