@@ -118,6 +118,23 @@ def test_containerd_from_the_distribution_with_systemd_cgroups(tmp_path):
     assert "https://pkgs.k8s.io/core:/stable:/v1.33/deb/ /" in r.output
 
 
+def test_dbus_system_bus_started_with_podman(tmp_path):
+    """podman needs the system bus, and dbus's package leaves it stopped until the next
+    boot: prereqs starts dbus.socket when it is not active (crun: "cannot open sd-bus",
+    seen in tests/vm/test_fresh_vm.py), and not when it is."""
+    root = node(tmp_path, "debian-12")
+    os.makedirs(os.path.join(root, "usr/bin"))
+    open(os.path.join(root, "usr/bin/systemctl"), "w").close()
+    os.chmod(os.path.join(root, "usr/bin/systemctl"), 0o755)
+    r = prereqs(root, config(tmp_path), "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "systemctl start dbus.socket" in r.output
+    wants = os.path.join(root, "etc/systemd/system/multi-user.target.wants")
+    os.makedirs(wants)
+    open(os.path.join(wants, "dbus.socket"), "w").close()  # --root's model of an active unit
+    assert "dbus.socket" not in prereqs(root, config(tmp_path), "--dry-run").output
+
+
 def test_containerd_config_names_the_runc_runtime_type():
     """The runc entry k8s-sql writes is complete: containerd (1.6, 1.7) replaces its default
     ``runtimes.runc`` with the file's, so without ``runtime_type`` every pod sandbox failed
@@ -164,8 +181,8 @@ def settle(root: str) -> None:
     os.chmod(os.path.join(root, "usr/bin/systemctl"), 0o755)
     wants = os.path.join(root, "etc/systemd/system/multi-user.target.wants")
     os.makedirs(wants, exist_ok=True)
-    for unit in ("crio", "kubelet"):
-        open(os.path.join(wants, f"{unit}.service"), "w").write("")
+    for unit in ("crio.service", "kubelet.service", "dbus.socket"):
+        open(os.path.join(wants, unit), "w").write("")
 
 
 def test_apply_under_root_then_nothing_left_to_do(tmp_path):

@@ -386,7 +386,7 @@ class ScratchHost(LocalHost):
             return super().run([argv[0], f"--admindir={admindir}", *argv[1:]], check=check, input=input,
                                env=env, timeout=timeout)
         if argv[:1] == ["systemctl"] and len(argv) >= 3 and argv[1] in ("is-enabled", "is-active"):
-            unit = argv[-1] if argv[-1].endswith(".service") else argv[-1] + ".service"
+            unit = argv[-1] if "." in argv[-1] else argv[-1] + ".service"  # dbus.socket keeps its suffix
             res = Result(0 if self.exists(posixpath.join(self.WANTS_DIR, unit)) else 1)
             return _check(argv, res, self.name) if check else res
         self.skipped.append(argv)

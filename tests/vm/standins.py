@@ -13,7 +13,7 @@ command with the sha256 of the CA's public key; ``join`` writes kubelet.conf; ``
 removes what kubeadm's reset removes. ``kubectl`` answers ``/readyz`` with ``ok`` once the
 kube-apiserver manifest exists (unless :data:`APISERVER_DOWN` holds it down for non-root
 callers), reports the node Ready and records what it is asked. ``crio`` is a service that
-stays up and runs no container.
+listens on CRI-O's socket and runs no container.
 """
 
 from __future__ import annotations
@@ -150,10 +150,22 @@ case " $* " in
 esac
 '''
 
-CRIO = r'''#!/bin/sh
-# Stand-in for CRI-O {tag} (k8s-sql VM tests): a service that stays up; runs no container.
-case "$1" in --version|version) echo "crio version {tag}"; exit 0 ;; esac
-exec sleep infinity
+CRIO = r'''#!/usr/bin/python3
+# Stand-in for CRI-O {tag} (k8s-sql VM tests): a service that listens on CRI-O's socket, as
+# the real one does (kubeadm-config and kubeadm-init look for it), and runs no container.
+import os, socket, sys, time
+if sys.argv[1:2] in (["--version"], ["version"]):
+    print("crio version {tag}")
+    sys.exit(0)
+path = "/var/run/crio/crio.sock"
+os.makedirs(os.path.dirname(path), exist_ok=True)
+if os.path.exists(path):
+    os.unlink(path)
+sock = socket.socket(socket.AF_UNIX)
+sock.bind(path)
+sock.listen()
+while True:
+    time.sleep(3600)
 '''
 
 CRIO_SERVICE = """\
@@ -205,7 +217,8 @@ def crio_package() -> aptrepo.Package:
          "/usr/lib/systemd/system/crio.service": (0o644, CRIO_SERVICE),
          "/etc/crio/crio.conf.d/10-crio.conf": (0o644, "[crio.image]\nsignature_policy = \"/etc/crio/policy.json\"\n"),
          "/etc/cni/net.d/10-crio-bridge.conflist.disabled": (0o644, "{}\n")},
-        conffiles=("/etc/crio/crio.conf.d/10-crio.conf",), postinst=aptrepo.POSTINST_DAEMON_RELOAD)
+        depends="python3", conffiles=("/etc/crio/crio.conf.d/10-crio.conf",),
+        postinst=aptrepo.POSTINST_DAEMON_RELOAD)
 
 
 def flat_repo(root: Path, path: str, packages: list[aptrepo.Package], signer: aptrepo.Signer) -> None:

@@ -31,7 +31,7 @@ test's CA):
   kubelet.conf at ``join``, logging its arguments; ``kubectl`` answers ``/readyz`` with ``ok``
   once the kube-apiserver manifest exists, unless the test holds the API server down for
   non-root callers (a file in /run; the worker asks as ``vagrant``), and records
-  ``apply``/``patch`` of flannel; ``crio`` only stays up as a service.
+  ``apply``/``patch`` of flannel; ``crio`` listens on its socket and runs no container.
 - flannel's manifest on github.com: a stand-in file (kubectl is a stand-in anyway).
 - PyPI: a wheelhouse made on the host (``pip wheel`` of this checkout and hatchling) with
   ``no-index`` in the VMs' /etc/pip.conf.

@@ -336,6 +336,10 @@ class Prereqs(Phase):
             if not self._enabled(ctx, unit, now):
                 argv = ["systemctl", "enable", *(["--now"] if now else []), unit]
                 changes.append(commands(f"enable {unit}" + (" and start it" if now else ""), [argv]))
+        # dbus's package does not start the system bus (sockets.target does, at the next boot)
+        if "dbus" in packages and not self._active(ctx, "dbus.socket"):
+            changes.append(commands("start the D-Bus system bus (podman's systemd cgroup manager needs it)",
+                                    [["systemctl", "start", "dbus.socket"]]))
 
         have = installed_packages(ctx, tools) if tools else {}
         need = [t for t in tools if t not in have]
@@ -358,6 +362,12 @@ class Prereqs(Phase):
             ctx.console.print(f"  {CNI_DIR} has {', '.join(others)}: no bridge network written", markup=False)
             return None
         return file_change(ctx.host, CNI_FILE, cni_conflist(cfg.kubernetes.pod_subnet).encode(), 0o644)
+
+    @staticmethod
+    def _active(ctx: Context, unit: str) -> bool:
+        """Whether systemd runs ``unit`` (``systemctl is-active``); False without systemctl."""
+        return ctx.host.which("systemctl") is not None and \
+            ctx.host.run(["systemctl", "is-active", "--quiet", unit], check=False).ok
 
     @staticmethod
     def _enabled(ctx: Context, unit: str, active: bool) -> bool:
