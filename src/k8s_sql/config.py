@@ -309,17 +309,18 @@ def _item_where(source: str, seq: Any, index: int) -> str | None:
         return None
 
 
-def host_node_name() -> str:
-    """The default node name: this machine's host name, its first label, lower-cased.
+def host_node_name(raw: str | None = None, whose: str = "this machine's") -> str:
+    """The default node name: a host name (``raw``, default this machine's), its first
+    label, lower-cased. ``whose`` names the host in the error.
 
     Raises:
         ConfigError: (field ``node.name``) that is not a valid node name.
     """
-    raw = socket.gethostname()
+    raw = socket.gethostname() if raw is None else raw
     name = raw.split(".")[0].lower()
     if not validation.is_dns1123_subdomain(name):
         better = validation.suggest_node_name(name)
-        raise validation.invalid("node.name", f"node.name is empty and this machine's host name {raw!r} is not a "
+        raise validation.invalid("node.name", f"node.name is empty and {whose} host name {raw!r} is not a "
                                  "valid node name (kubeadm requires a lower-case RFC 1123 subdomain)",
                                  "set node.name in the configuration or pass --node-name"
                                  + (f", e.g. {better}" if better else ""))
@@ -362,6 +363,7 @@ def load(text: str | None, source: str = "<config>", flags: Flags | None = None)
         cfg.validate(labels)
         if not cfg.node.name:
             cfg.node.name = host_node_name()
+            cfg.node_name_defaulted = True  # over SSH, the target's host name replaces it (cli.common)
     except ConfigError as e:
         # the error is shown at the first field of the rule that the user set: a flag, a line
         # of the file; else at the section of the field, or the file

@@ -12,7 +12,7 @@ import typer.rich_utils
 from rich.console import Console
 
 from k8s_sql import config as configmod
-from k8s_sql.config import Cluster
+from k8s_sql.config import Cluster, host_node_name
 from k8s_sql.host import DryRunHost, Host, LocalHost
 from k8s_sql.phases.base import Context, RunOptions
 from k8s_sql.state import State
@@ -129,11 +129,18 @@ def invoking_user(host: Host) -> str:
 def make_context(cfg: Cluster, *, dry_run: bool = False, host: Host | None = None,
                  phases: list[str] | None = None, ignore_preflight_errors: str | None = None) -> Context:
     """A phase context for ``host`` (default: this machine), wrapped for ``--dry-run``, with
+    the node name defaulted from ``host``'s own host name when it is reached over SSH, and
     :class:`~k8s_sql.phases.base.RunOptions`: ``phases`` of this run (``None``: one phase
     alone), the :func:`invoking_user`, and ``--ignore-preflight-errors`` (comma-separated
     check names, case-insensitive, or ``all``). File changes are recorded in
     ``paths.stateFile`` on the host (:mod:`k8s_sql.state`; in memory for a dry run)."""
     host = host or LocalHost()
+    if getattr(host, "address", None) and getattr(cfg, "node_name_defaulted", False):
+        # "the host name of the node": the target's, not this machine's
+        res = host.run(["uname", "-n"], check=False)
+        if res.ok and res.stdout.strip():
+            cfg.node.name = host_node_name(res.stdout.strip(), f"{host.name}'s")
+            cfg.node_name_defaulted = False
     ignored = frozenset(s.strip().lower() for s in (ignore_preflight_errors or "").split(",") if s.strip())
     options = RunOptions(phases=tuple(phases) if phases is not None else None, invoking_user=invoking_user(host),
                          ignore_preflight_errors=ignored)
