@@ -55,6 +55,7 @@ def test_bad_worker_count_is_refused(tmp_path):
 def test_provisioner_is_valid_sh_and_checks_its_arguments():
     script = os.path.join(VAGRANT_DIR, "provision.sh")
     assert subprocess.run(["sh", "-n", script]).returncode == 0
-    for args in ([], ["master", "192.168.56.10", "v1.34.2"], ["worker", "192.168.56.11", "v1.34.2"]):
+    for args in ([], ["master", "192.168.56.10", "v1.34.2"], ["worker", "192.168.56.11", "v1.34.2"],
+                 ["control-plane", "192.168.56.10", "v1.34.2", "two"]):
         r = subprocess.run(["sh", script, *args], capture_output=True, text=True)
         assert r.returncode == 2 and "usage: provision.sh" in r.stderr

@@ -1,15 +1,25 @@
 #!/bin/sh
 # Provisioner of the k8s-sql playground, run as root inside each VM by Vagrant:
-#   provision.sh control-plane IP KUBERNETES_VERSION
+#   provision.sh control-plane IP KUBERNETES_VERSION [WORKERS]
 #   provision.sh worker IP KUBERNETES_VERSION CONTROL_PLANE_IP
 # Installs k8s-sql from the synced checkout (/vagrant) into a venv, then runs
 # `k8s-sql init` (control plane) or `k8s-sql join` (worker). Safe to run again
 # (`vagrant provision`): both commands change only what differs.
 set -eu
-usage() { echo "usage: provision.sh control-plane|worker IP VERSION [CONTROL_PLANE_IP]" >&2; exit 2; }
+usage() {
+  echo "usage: provision.sh control-plane IP VERSION [WORKERS] | worker IP VERSION CONTROL_PLANE_IP" >&2
+  exit 2
+}
 [ $# -ge 3 ] || usage
-role=$1 ip=$2 version=$3 cp_ip=${4:-}
-case "$role" in control-plane) ;; worker) [ -n "$cp_ip" ] || usage ;; *) usage ;; esac
+role=$1 ip=$2 version=$3 cp_ip='' workers=0
+case "$role" in
+control-plane) workers=${4:-0}; case "$workers" in ''|*[!0-9]*) usage ;; esac ;;
+worker) cp_ip=${4:-}; [ -n "$cp_ip" ] || usage ;;
+*) usage ;;
+esac
+# a control plane with workers keeps kubeadm's NoSchedule taint and no bridge network of its own
+single_node=true
+[ "$role" = control-plane ] && [ "$workers" -eq 0 ] || single_node=false
 export DEBIAN_FRONTEND=noninteractive
 # unattended-upgrades holds the dpkg lock on a fresh VM's first boot: wait for it; and never
 # stop at a conffile prompt (stdin is not a terminal here)
@@ -38,6 +48,7 @@ node:
   advertiseAddress: $ip
 kubernetes:
   version: $version
+  singleNode: $single_node
 EOF
 
 # every VM has the same NAT address on its first interface: the kubelet must use the

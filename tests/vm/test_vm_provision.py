@@ -253,7 +253,7 @@ def vagrant_asks(cp: Node) -> list[str]:
 
 @pytest.fixture(scope="module")
 def provisioned(playground, vm_timings):
-    """``vagrant up``: ``provision.sh control-plane 192.168.56.10 v1.34.2`` and ``provision.sh
+    """``vagrant up``: ``provision.sh control-plane 192.168.56.10 v1.34.2 1`` and ``provision.sh
     worker 192.168.56.11 v1.34.2 192.168.56.10`` started together, as libvirt starts the
     VMs in parallel. Until the control plane is provisioned and the worker has asked
     /readyz over SSH twice more after that, the test holds the API server down as the
@@ -264,7 +264,7 @@ def provisioned(playground, vm_timings):
     cp, worker = playground["cp"], playground["worker"]
     prov = playground["provision"]
     cp.ssh(f"install -m 0666 /dev/null {KUBECTL_LOG} && touch {APISERVER_DOWN}")
-    cp_proc = prov.start(cp, "control-plane", CP_IP, f"v{KUBE_VERSION}")
+    cp_proc = prov.start(cp, "control-plane", CP_IP, f"v{KUBE_VERSION}", "1")  # the Vagrantfile's WORKERS
     worker_proc = prov.start(worker, "worker", WORKER_IP, f"v{KUBE_VERSION}", CP_IP)
     state = {"cp": prov.finish(cp_proc)}
     vm_timings.add("provision control plane", state["cp"][2])
@@ -290,7 +290,9 @@ def test_control_plane_provisioned(provisioned, playground):
     """The control plane's provisioner exits 0: k8s-sql from /vagrant in /opt/k8s-sql, every
     init phase, kubeadm init run once with k8s-sql's configuration, the kubelet package's
     /etc/default/kubelet keeps provision.sh's --node-ip (no conffile prompt), flannel
-    applied and patched to the private network, the admin kubeconfig for ``vagrant``."""
+    applied and patched to the private network, the admin kubeconfig for ``vagrant``. With a
+    worker the control plane is not a single node: it keeps kubeadm's NoSchedule taint and
+    gets no bridge network of k8s-sql's (flannel's is the pod network)."""
     cp = playground["cp"]
     rc, control_plane, _ = provisioned["cp"]
     ok(rc, control_plane, "provision.sh control-plane")
@@ -308,6 +310,9 @@ def test_control_plane_provisioned(provisioned, playground):
     assert f"name: {sidecar.CONTAINER_NAME}" in manifest and Cluster().shim_image in manifest, manifest
     kubectl = cp.ssh(f"cat {KUBECTL_LOG}").stdout
     assert "apply -f /tmp/kube-flannel.yml" in kubectl and "--iface-regex=^192" in kubectl, kubectl
+    assert "taint nodes" not in kubectl, kubectl
+    assert "singleNode: false" in cp.ssh("cat /etc/k8s-sql/cluster.yaml").stdout
+    assert cp.ssh("test -e /etc/cni/net.d/99-k8s-sql-bridge.conflist", check=False).returncode != 0
     assert cp.ssh("stat -c '%U %a' /home/vagrant/.kube/config").stdout.strip() == "vagrant 600"
     assert cp.ssh("systemctl is-active postgresql@15-main crio").stdout.split() == ["active", "active"]
     pinned = cp.ssh("cat /etc/crio/crio.conf.d/10-k8s-sql-pinned-images.conf").stdout
@@ -351,7 +356,7 @@ def test_provisioning_again_changes_nothing(provisioned, playground, vm_timings)
     ok(*provisioned["worker"][:2], "provision.sh worker")
     before = {n.name: (len(kubeadm_calls(n)), n.ssh("dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n'")
                        .stdout) for n in (cp, worker)}
-    rc, out, seconds = prov(cp, "control-plane", CP_IP, f"v{KUBE_VERSION}")
+    rc, out, seconds = prov(cp, "control-plane", CP_IP, f"v{KUBE_VERSION}", "1")
     vm_timings.add("provision control plane again", seconds)
     ok(rc, out, "second provision.sh control-plane")
     rc, out2, seconds = prov(worker, "worker", WORKER_IP, f"v{KUBE_VERSION}", CP_IP)

@@ -18,8 +18,8 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from k8s_sql.shim.storage.base import (
-    CompareResult, CompareTarget, DeleteOp, DeleteResult, KeyNotFoundError, KeyValue, LeaseNotFoundError, PutOp,
-    PutResult, RangeOp, RangeResult, StorageError, TxnOp, TxnResult)
+    CompareResult, CompareTarget, DeleteOp, DeleteResult, Event, EventKind, KeyNotFoundError, KeyValue,
+    LeaseNotFoundError, PutOp, PutResult, RangeOp, RangeResult, StorageError, TxnOp, TxnResult)
 
 # kinds (the function's ``kinds`` and the txn's ``skinds``/``fkinds``)
 NONE, PUT, DELETE, TXN, GET = 0, 1, 2, 3, 3
@@ -41,24 +41,53 @@ class Encoded:
     op: PutOp | DeleteOp | TxnOp
     args: tuple
 
+    def write(self, succeeded: bool | None) -> PutOp | DeleteOp | None:
+        """The write this request ran given its answer's ``succeeded`` (a txn's branch), or
+        None (a txn that only compared or read)."""
+        op = self.op
+        if isinstance(op, (PutOp, DeleteOp)):
+            return op
+        branch = op.success if succeeded else op.failure
+        return branch[0] if branch and isinstance(branch[0], (PutOp, DeleteOp)) else None
+
     def result(self, revision: int, succeeded: bool | None, deleted: int | None, kvs: list[KeyValue]):
-        """The request's result from its answer row (``kvs``: prev kvs or the get's kv)."""
+        """The request's result from its answer row (``kvs``: prev kvs or the get's kv; prev
+        kvs the request did not ask for, asked by :func:`arrays` for the watch hub, are left out)."""
         op = self.op
         if isinstance(op, PutOp):
-            return PutResult(revision, kvs[0] if kvs else None)
+            return PutResult(revision, kvs[0] if kvs and op.prev_kv else None)
         if isinstance(op, DeleteOp):
-            return DeleteResult(revision, deleted, kvs)
+            return DeleteResult(revision, deleted, kvs if op.prev_kv else [])
         branch = op.success if succeeded else op.failure
         if not branch:
             return TxnResult(revision, succeeded, [])
         inner = branch[0]
         if isinstance(inner, PutOp):
-            res = PutResult(revision, kvs[0] if kvs else None)
+            res = PutResult(revision, kvs[0] if kvs and inner.prev_kv else None)
         elif isinstance(inner, DeleteOp):
-            res = DeleteResult(revision, deleted, kvs)
+            res = DeleteResult(revision, deleted, kvs if inner.prev_kv else [])
         else:
             res = RangeResult(revision, kvs, False, len(kvs))
         return TxnResult(revision, succeeded, [res])
+
+    def events(self, revision: int, succeeded: bool | None, kvs: list[KeyValue]) -> list[Event]:
+        """The watch events this request wrote at ``revision`` (etcd mvccpb.Event, prev_kv
+        set), built from an answer to a call made with every prev kv asked (:func:`arrays`
+        with ``prev_kvs``); [] when it wrote nothing. Mirrors the function's log rows: a put's
+        create_revision and version follow its prev kv, a delete event per deleted key in
+        key order (``sub``)."""
+        w = self.write(succeeded)
+        if isinstance(w, PutOp):
+            prev = kvs[0] if kvs else None
+            value = prev.value if w.ignore_value and prev else w.value
+            lease = prev.lease if w.ignore_lease and prev else w.lease
+            kv = KeyValue(w.key, value, prev.create_revision if prev else revision, revision,
+                          prev.version + 1 if prev else 1, lease)
+            return [Event(revision, 0, EventKind.PUT, kv, prev)]
+        if isinstance(w, DeleteOp):
+            return [Event(revision, i, EventKind.DELETE, KeyValue(p.key, b"", 0, revision, 0, 0), p)
+                    for i, p in enumerate(kvs)]
+        return []
 
 
 def refusal(code: int) -> StorageError:
@@ -186,7 +215,14 @@ psycopg.adapters.register_dumper(ByteaArray, _ByteaArrayDumper)
 _BYTES_ARGS = (False, True, True, True, False, False, False, False, False, True, False, False)
 
 
-def arrays(batch: list[Encoded], isolate: bool) -> list:
-    """The function's parameters for ``batch``: one array per argument, then ``isolate``."""
-    cols = zip(*(e.args for e in batch))
+#: Position of the flags among the function's arguments.
+_FLAGS_ARG = 5
+
+
+def arrays(batch: list[Encoded], isolate: bool, prev_kvs: bool = False) -> list:
+    """The function's parameters for ``batch``: one array per argument, then ``isolate``.
+    With ``prev_kvs`` every write asks for its prev kvs (what :meth:`Encoded.events` needs)."""
+    cols = [list(c) for c in zip(*(e.args for e in batch))]
+    if prev_kvs:
+        cols[_FLAGS_ARG] = [f | PREV_KV for f in cols[_FLAGS_ARG]]
     return [ByteaArray(c) if b else Int8Array(c) for c, b in zip(cols, _BYTES_ARGS)] + [isolate]

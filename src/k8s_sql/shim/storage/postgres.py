@@ -78,7 +78,7 @@ class PostgresBackend(Backend):
                                         kwargs={"autocommit": True}, name="k8s-sql",
                                         timeout=POOL_WAIT)
         self.hub = WatchHub(self.pool, conninfo)
-        self.writer = Writer(self.pool, on_commit=self.hub.poke)
+        self.writer = Writer(self.pool, on_commit=self.hub.committed, want_events=lambda: bool(self.hub.watchers))
         self.lease_check_interval = lease_check_interval
         self.read_lease = ReadLease(self.pool)
         self._tasks: list[asyncio.Task] = []

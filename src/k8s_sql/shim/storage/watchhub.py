@@ -4,9 +4,10 @@ Because every writer locks the revision counter, commit order equals revision or
 snapshot that contains revision N contains every revision below it. The hub therefore
 reads "every event after the last revision I dispatched" and can never skip one that
 commits later. It wakes on ``pg_notify`` from any shim process (LISTEN on its own
-connection), on a direct poke from this process's writer, and every ``poll_interval``
-seconds as a fallback; after a PostgreSQL restart it reconnects and continues from its
-position, so watchers lose nothing.
+connection) and every ``poll_interval`` seconds as a fallback; after a PostgreSQL restart it
+reconnects and continues from its position, so watchers lose nothing. This process's writer
+hands over what it committed (:meth:`WatchHub.committed`): the batch's events, dispatched
+without reading them back from the log when they follow the hub's position directly.
 
 Watchers are :class:`Subscription` objects (:meth:`WatchHub.subscribe`), async iterators
 of event batches, so the gRPC layer only translates them to protobuf. A watcher starting at
@@ -161,15 +162,23 @@ class WatchHub:
         """Stop the hub's tasks."""
         await cancel_tasks(self._tasks)
 
-    def poke(self, revision: int) -> None:
-        """This process's writer committed up to ``revision``. With no watcher the hub only
-        moves its position (commit order is revision order: nothing below it is missing),
-        saving a read per write; else it wakes the tail to read the new events."""
-        if self.watchers:
-            self._wake.set()
-        elif revision > self.position:
+    def committed(self, start: int, revision: int, events: list[Event] | None) -> None:
+        """This process's writer committed revisions ``start``+1 .. ``revision``, writing
+        ``events`` (ascending revision, prev_kv set; None = not built). With no watcher the
+        hub only moves its position (commit order is revision order: nothing below it is
+        missing), saving a read per write; with the events of the revisions right after its
+        position it dispatches them; else it wakes the tail to read the log."""
+        if not self.watchers:
+            if revision > self.position:
+                self.position = revision
+                self._advanced.set()
+        elif events is not None and start == self.position:
+            if events:
+                self._dispatch(events)
             self.position = revision
             self._advanced.set()
+        else:
+            self._wake.set()
 
     # --- registration ---
 
@@ -273,7 +282,7 @@ class WatchHub:
                     self._wake.set()  # catch up on whatever happened while we were away
                     async for n in conn.notifies():
                         if n.payload.isdigit() and int(n.payload) <= self.position:
-                            continue  # already dispatched (our own commit, announced by poke)
+                            continue  # already dispatched (our own commit, handed over by the writer)
                         self._wake.set()
             except asyncio.CancelledError:
                 raise
@@ -318,6 +327,10 @@ class WatchHub:
             if not events:
                 return
             full = len(events) == PAGE
+            if events[-1].revision <= self.position:  # a hand-off dispatched them meanwhile
+                if full:
+                    continue
+                return
             if full:
                 last = events[-1].revision
                 trimmed = [e for e in events if e.revision != last]
@@ -328,7 +341,9 @@ class WatchHub:
                         sql_all = queries.events_after(None, with_prev, 2**31 - 1)
                         rows = await (await conn.execute(sql_all, dict(params, upto=last))).fetchall()
                     events = [event_from_row(r) for r in rows if r[2] is not None]
-            self._dispatch(events)
+            events = [e for e in events if e.revision > self.position]  # see above
+            if events:
+                self._dispatch(events)
             if not full:
                 return
 

@@ -40,7 +40,7 @@ import psycopg
 
 from k8s_sql.shim.storage import queries
 from k8s_sql.shim.storage.apply import Applier
-from k8s_sql.shim.storage.base import InternalError, KeyValue, StorageError, UnavailableError
+from k8s_sql.shim.storage.base import Event, InternalError, KeyValue, StorageError, UnavailableError
 from k8s_sql.shim.storage.batch import FAILED, OK, Encoded, arrays, refusal
 
 log = logging.getLogger(__name__)
@@ -101,16 +101,22 @@ class Writer:
 
     Args:
         pool: a psycopg_pool AsyncConnectionPool (autocommit connections).
-        on_commit: called with the new store revision after each commit that changed it
-            (the local watch hub uses it to skip the NOTIFY round trip).
+        on_commit: called as ``on_commit(start, revision, events)`` after each commit that
+            changed the store revision from ``start`` to ``revision``; ``events`` are the
+            batch's watch events in revision order when ``want_events()`` was true and every
+            request of the batch went through the batch function, else None (the local
+            watch hub then reads them from the log; either way it skips the NOTIFY).
+        want_events: asked once per batch: should the batch build its watch events?
     Attributes:
         batches: committed batches; reruns: times a batch ran again without a failed
             request (bench/isolation.py reads both).
     """
 
-    def __init__(self, pool, on_commit: Callable[[int], None] | None = None):
+    def __init__(self, pool, on_commit: Callable[[int, int, list[Event] | None], None] | None = None,
+                 want_events: Callable[[], bool] = lambda: False):
         self.pool = pool
         self.on_commit = on_commit
+        self.want_events = want_events
         self.queue: asyncio.Queue[tuple[Request | Encoded, asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self.batches = 0
@@ -159,7 +165,8 @@ class Writer:
         try:
             while True:
                 try:
-                    results, revision, start = await self._transaction(batch, failed, len(failed) >= MAX_RERUNS)
+                    results, revision, start, events = await self._transaction(batch, failed,
+                                                                               len(failed) >= MAX_RERUNS)
                     break
                 except _Failed as f:
                     failed[f.index] = f.error
@@ -181,7 +188,7 @@ class Writer:
             raise
         self.batches += 1
         if revision != start and self.on_commit:
-            self.on_commit(revision)
+            self.on_commit(start, revision, events)
         for i, (ok, res) in enumerate(results):
             fut = batch[i][1]
             if fut.done():
@@ -191,11 +198,13 @@ class Writer:
             else:
                 fut.set_exception(res)
 
-    async def _transaction(self, batch, failed: dict[int, StorageError], savepoints: bool) -> tuple[list, int, int]:
+    async def _transaction(self, batch, failed: dict[int, StorageError],
+                           savepoints: bool) -> tuple[list, int, int, list[Event] | None]:
         """Apply ``batch`` but the requests in ``failed`` in one transaction, each request in a
         savepoint (a subtransaction of the batch function) if ``savepoints``. Returns ([(ok,
-        result or error)] in batch order, revision after, revision before). Raises _Failed
-        (only without savepoints) or the datastore's error.
+        result or error)] in batch order, revision after, revision before, the watch events
+        or None; see the class doc). Raises _Failed (only without savepoints) or the
+        datastore's error.
 
         A batch of encoded requests only (the usual case) is one statement, so one round
         trip and its own transaction; any other request makes it an explicit transaction
@@ -204,11 +213,12 @@ class Writer:
         results: list = [(False, failed[i]) if i in failed else None for i in range(len(batch))]
         live = [i for i in range(len(batch)) if i not in failed]
         if not live:
-            return results, 0, 0
+            return results, 0, 0, None
         async with self.pool.connection() as conn:
             if all(isinstance(batch[i][0], Encoded) for i in live):
-                revision, start = await self._call(conn, batch, live, results, savepoints)
-                return results, revision, start
+                events = [] if self.want_events() else None
+                revision, start = await self._call(conn, batch, live, results, savepoints, events)
+                return results, revision, start, events
             async with conn.transaction():
                 cur = await conn.execute(queries.LOCK_META, prepare=True)
                 revision, compact = await cur.fetchone()
@@ -240,14 +250,16 @@ class Writer:
                 if dirty:
                     await conn.execute(queries.SET_REVISION_NOTIFY, {"rev": revision, "channel": queries.NOTIFY_CHANNEL,
                                                                      "payload": str(revision)}, prepare=True)
-        return results, revision, start
+        return results, revision, start, None
 
     @staticmethod
-    async def _call(conn, batch, indexes: list[int], results: list, isolate: bool) -> tuple[int, int]:
+    async def _call(conn, batch, indexes: list[int], results: list, isolate: bool,
+                    events: list[Event] | None = None) -> tuple[int, int]:
         """Run the encoded requests ``batch[i] for i in indexes`` through the batch function
-        and fill their ``results``. Returns (revision after, revision before). Raises _Failed
-        for a request that failed alone when not ``isolate``."""
-        params = arrays([batch[i][0] for i in indexes], isolate)
+        and fill their ``results`` (and ``events``, when given, with the watch events they
+        wrote). Returns (revision after, revision before). Raises _Failed for a request that
+        failed alone when not ``isolate``."""
+        params = arrays([batch[i][0] for i in indexes], isolate, prev_kvs=events is not None)
         if len(indexes) == 1 and not isolate:
             # one request (a sequential client's): the function without the subtransaction
             # that only serves to name the failed request of several
@@ -271,6 +283,8 @@ class Writer:
             index = indexes[i - 1]
             if code == OK:
                 results[index] = (True, batch[index][0].result(rev, ok, n, kvs))
+                if events is not None:
+                    events.extend(batch[index][0].events(rev, ok, kvs))
             elif code == FAILED:
                 error = _own_failure(err)
                 if not isolate:
