@@ -34,6 +34,8 @@ NAMES = [aptrepo.HOSTNAME, "download.opensuse.org", "github.com", "registry-1.do
 FLANNEL_URL_PATH = "flannel-io/flannel/releases/download/v0.26.7/kube-flannel.yml"
 
 KUBEADM_LOG = "/var/log/kubeadm-stand-in.log"
+#: The stand-in kubeadm's copy of the discovery of its last ``join --config`` (JSON).
+KUBEADM_JOINED = "/var/log/kubeadm-stand-in.join.json"
 KUBECTL_LOG = "/var/log/kubectl-stand-in.log"
 APISERVER_DOWN = "/run/kubectl-stand-in.apiserver-down"
 TOKEN_FILE = "/etc/kubernetes/kubeadm-stand-in.token"
@@ -113,10 +115,21 @@ elif args[:1] == ["reset"]:
             os.remove(f)
     print("[reset] Deleted contents of: /etc/kubernetes/manifests /var/lib/kubelet " + PKI)
 elif args[:1] == ["join"]:
+    if "--config" in args:  # kubeadm join --config FILE: discovery from the JoinConfiguration
+        from ruamel.yaml import YAML
+        doc = YAML(typ="safe").load(open(args[args.index("--config") + 1]))
+        if doc.get("kind") != "JoinConfiguration":
+            sys.exit("kubeadm stand-in: %s is no JoinConfiguration" % args[args.index("--config") + 1])
+        boot = doc["discovery"]["bootstrapToken"]
+        endpoint = boot["apiServerEndpoint"]
+        with open("{joined}", "w") as f:  # what kubeadm was told (k8s-sql removes the file after the join)
+            json.dump(dict(boot, nodeRegistration=doc.get("nodeRegistration")), f)
+    else:
+        endpoint = args[1]
     os.makedirs("/etc/kubernetes", exist_ok=True)
     with open("/etc/kubernetes/kubelet.conf", "w") as f:
         f.write("apiVersion: v1\nkind: Config\nclusters:\n- name: default-cluster\n  cluster:\n"
-                "    server: https://%s\n" % args[1])
+                "    server: https://%s\n" % endpoint)
     print("This node has joined the cluster")
 else:
     print("kubeadm: stand-in of the k8s-sql VM tests, unexpected %s" % args, file=sys.stderr)
@@ -197,7 +210,8 @@ def kube_packages(cp_ip: str = "127.0.0.1") -> list[aptrepo.Package]:
     for p in aptrepo.kube_packages(KUBE_VERSION):
         files = dict(p.files)
         if p.name == "kubeadm":
-            files["/usr/bin/kubeadm"] = (0o755, KUBEADM.format(tag=tag, log=KUBEADM_LOG, token=TOKEN_FILE))
+            files["/usr/bin/kubeadm"] = (0o755, KUBEADM.format(tag=tag, log=KUBEADM_LOG, token=TOKEN_FILE,
+                                                                      joined=KUBEADM_JOINED))
             files["/usr/share/kubeadm-stand-in/kube-apiserver.yaml"] = (
                 0o644, (ROOT / "tests/fixtures/manifests/kube-apiserver-1.34.yaml").read_text())
         if p.name == "kubectl":

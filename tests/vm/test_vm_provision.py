@@ -28,7 +28,7 @@ test's CA):
   ``+strategic`` patch merged, and admin.conf), and also makes a CA and a bootstrap token at
   ``init``, prints ``kubeadm join <advertiseAddress>:6443 --token … --discovery-token-ca-cert-hash
   sha256:<CA's SubjectPublicKeyInfo>`` for ``token create --print-join-command`` and writes
-  kubelet.conf at ``join``, logging its arguments; ``kubectl`` answers ``/readyz`` with ``ok``
+  kubelet.conf at ``join --config`` from its JoinConfiguration (keeping a copy of the discovery part), logging its arguments; ``kubectl`` answers ``/readyz`` with ``ok``
   once the kube-apiserver manifest exists, unless the test holds the API server down for
   non-root callers (a file in /run; the worker asks as ``vagrant``), and records
   ``apply``/``patch`` of flannel; ``crio`` listens on its socket and runs no container.
@@ -47,6 +47,7 @@ Marked ``vm``; minutes of wall time with TCG (timings at the end of the run).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 import subprocess
@@ -323,9 +324,10 @@ def test_control_plane_provisioned(provisioned, playground):
 def test_worker_waited_for_the_api_server_and_joined(provisioned, playground):
     """The worker's provisioner exits 0 after waiting for /readyz (not only admin.conf): while
     the API server was held down it asked over SSH as vagrant and did not join; then
-    ``kubeadm join`` ran once with the control plane's endpoint, its token and the sha256 of
-    its CA's public key (computed here from the CA certificate), and kubelet.conf points
-    at the control plane."""
+    ``kubeadm join --config`` ran once with a JoinConfiguration holding the control plane's
+    endpoint, its token and the sha256 of its CA's public key (computed here from the CA
+    certificate), removed after the join (it holds the token), and kubelet.conf points at
+    the control plane."""
     cp, worker = playground["cp"], playground["worker"]
     ok(*provisioned["cp"][:2], "provision.sh control-plane")
     ok(*provisioned["worker"][:2], "provision.sh worker")
@@ -338,10 +340,13 @@ def test_worker_waited_for_the_api_server_and_joined(provisioned, playground):
     assert re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", token), token
     joins = [c for c in kubeadm_calls(worker) if c[:1] == ["join"]]
     assert len(joins) == 1, joins
-    j = joins[0]
-    assert j[1] == f"{CP_IP}:6443", j
-    assert j[j.index("--token") + 1] == token
-    assert j[j.index("--discovery-token-ca-cert-hash") + 1] == "sha256:" + hashlib.sha256(spki).hexdigest()
+    assert joins[0][1] == "--config", joins
+    assert worker.ssh(f"test -e {shlex.quote(joins[0][2])}", check=False).returncode != 0, "the token stays on disk"
+    told = json.loads(worker.ssh(f"cat {standins.KUBEADM_JOINED}").stdout)
+    assert told["apiServerEndpoint"] == f"{CP_IP}:6443", told
+    assert told["token"] == token
+    assert told["caCertHashes"] == ["sha256:" + hashlib.sha256(spki).hexdigest()], told
+    assert told["nodeRegistration"]["name"] == "k8s-sql-worker1", told
     assert f"https://{CP_IP}:6443" in worker.ssh("cat /etc/kubernetes/kubelet.conf").stdout
     assert worker.ssh("cat /etc/default/kubelet").stdout == f"KUBELET_EXTRA_ARGS=--node-ip={WORKER_IP}\n"
     assert worker.ssh("dpkg --audit").stdout == ""
