@@ -262,24 +262,30 @@ def test_pki_and_postgres_phases_over_ssh(sshd, tmp_path):
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def test_node_name_defaults_to_the_targets_host_name():
+def test_node_name_defaults_to_the_targets_host_name(tmp_path):
     """``init --host`` without node.name names the node after the target's host name
     (``uname -n`` there), not after the machine k8s-sql runs on; a configured name stays.
     (Found by tests/vm/test_fresh_vm.py: a second init over SSH re-issued the serving
-    certificates, whose SANs hold the node name.)"""
+    certificates, whose SANs hold the node name.) A real sshd on this machine; so that the
+    target's host name differs from this machine's, its sessions find a ``uname`` first on
+    their PATH that answers another name (the only stand-in)."""
     from k8s_sql import config as configmod
     from k8s_sql.cli.common import make_context
-    from k8s_sql.host import Result
 
-    class Target:
-        address, name, user = "192.0.2.7", "root@192.0.2.7", "root"
-
-        def run(self, argv, **kw):
-            assert argv == ["uname", "-n"], argv
-            return Result(0, "Node-B.example.org\n", "")
-
-    cfg = configmod.load(None)
-    assert cfg.node.name != "node-b"
-    assert make_context(cfg, host=Target()).config.node.name == "node-b"
-    named = configmod.load("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\nnode: {name: cp1}\n")
-    assert make_context(named, host=Target()).config.node.name == "cp1"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    os.chmod(tmp_path, 0o755)
+    uname = bindir / "uname"
+    uname.write_text('#!/bin/sh\n[ "$1" = -n ] && echo Node-B.example.org || exec /bin/uname "$@"\n')
+    uname.chmod(0o755)
+    server = Sshd(path=f"{bindir}:/usr/bin:/bin").start()
+    try:
+        cfg = configmod.load(None)
+        assert cfg.node.name != "node-b"
+        assert make_context(cfg, host=connect(server)).config.node.name == "node-b"
+        named = configmod.load("apiVersion: k8s-sql.io/v1alpha1\nkind: Cluster\nnode: {name: cp1}\n")
+        assert make_context(named, host=connect(server)).config.node.name == "cp1"
+        local = configmod.load(None)
+        assert make_context(local).config.node.name == configmod.host_node_name()
+    finally:
+        server.stop()

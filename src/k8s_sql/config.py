@@ -14,7 +14,7 @@ import io
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Mapping, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Mapping, get_args, get_origin, get_type_hints
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
@@ -165,6 +165,9 @@ class Cluster:
     postgres: PostgresSpec = field(default_factory=PostgresSpec)
     shim: ShimSpec = field(default_factory=ShimSpec)
     certificates: CertificatesSpec = field(default_factory=CertificatesSpec)
+    #: True when :func:`load` filled ``node.name`` from this machine's host name (not a field
+    #: of the file): over SSH the target's host name replaces it (cli.common.make_context).
+    node_name_defaulted: ClassVar[bool] = False
 
     def validate(self, labels: dict[str, str] | None = None) -> None:
         """Check every field and the rules between fields (see :mod:`k8s_sql.validation`).
@@ -363,7 +366,7 @@ def load(text: str | None, source: str = "<config>", flags: Flags | None = None)
         cfg.validate(labels)
         if not cfg.node.name:
             cfg.node.name = host_node_name()
-            cfg.node_name_defaulted = True  # over SSH, the target's host name replaces it (cli.common)
+            cfg.node_name_defaulted = True
     except ConfigError as e:
         # the error is shown at the first field of the rule that the user set: a flag, a line
         # of the file; else at the section of the field, or the file

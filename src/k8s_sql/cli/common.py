@@ -135,7 +135,7 @@ def make_context(cfg: Cluster, *, dry_run: bool = False, host: Host | None = Non
     check names, case-insensitive, or ``all``). File changes are recorded in
     ``paths.stateFile`` on the host (:mod:`k8s_sql.state`; in memory for a dry run)."""
     host = host or LocalHost()
-    if getattr(host, "address", None) and getattr(cfg, "node_name_defaulted", False):
+    if cfg.node_name_defaulted and not isinstance(host, LocalHost):
         # "the host name of the node": the target's, not this machine's
         res = host.run(["uname", "-n"], check=False)
         if res.ok and res.stdout.strip():

@@ -327,10 +327,6 @@ class WatchHub:
             if not events:
                 return
             full = len(events) == PAGE
-            if events[-1].revision <= self.position:  # a hand-off dispatched them meanwhile
-                if full:
-                    continue
-                return
             if full:
                 last = events[-1].revision
                 trimmed = [e for e in events if e.revision != last]
@@ -341,7 +337,7 @@ class WatchHub:
                         sql_all = queries.events_after(None, with_prev, 2**31 - 1)
                         rows = await (await conn.execute(sql_all, dict(params, upto=last))).fetchall()
                     events = [event_from_row(r) for r in rows if r[2] is not None]
-            events = [e for e in events if e.revision > self.position]  # see above
+            events = [e for e in events if e.revision > self.position]  # a hand-off may have sent some meanwhile
             if events:
                 self._dispatch(events)
             if not full:
